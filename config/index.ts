@@ -1,0 +1,267 @@
+import { createPublicKey } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { Compile } from 'typebox/compile'
+import { Value } from 'typebox/value'
+import { EnvSchema, type Env } from './schema.js'
+import { loadOrCreateDevSecret } from './dev-secret.js'
+
+export { EnvSchema } from './schema.js'
+export type { Env } from './schema.js'
+
+export interface JwtConfig {
+  /** HS* shared secret, or PEM public key for asymmetric algorithms. */
+  key?: string
+  jwksUrl?: string
+  algorithms: string[]
+  issuer?: string
+  audience?: string
+  clockToleranceSec: number
+  /** True when the key is the generated development secret. */
+  devSecret: boolean
+  devSecretFile?: string
+}
+
+export interface GatewayConfig {
+  host: string
+  port: number
+  env: Env['NODE_ENV']
+  logLevel: string
+  jwt: JwtConfig
+  revocationTtlSec: number
+  redisUrl?: string
+  singleInstance: boolean
+  allowedOrigins: Set<string> | null
+  tls?: { certFile: string, keyFile: string }
+  trustProxy: boolean | number | string[]
+  ws: {
+    maxMessageBytes: number
+    heartbeatIntervalMs: number
+    reauthIntervalMs: number
+    reauthGraceMs: number
+    maxConnectionsPerUser: number
+    maxMalformedPerMinute: number
+    messageRatePerSecond: number
+    messageBurst: number
+    sendBufferMaxBytes: number
+  }
+  limits: {
+    maxConnectAttemptsPerMinute: number
+    maxConnectionsPerIp: number
+    handshakeTimeoutMs: number
+    maxPendingHandshakes: number
+    ipSlotTtlMs: number
+    restRateLimitPerMinute: number
+  }
+  spike: {
+    windowMs: number
+    baselineWindows: number
+    factor: number
+    minConnects: number
+  }
+  shutdownTimeoutMs: number
+}
+
+/** Thrown for any invalid setting; its message is one line naming the variable. */
+export class ConfigError extends Error {
+  constructor (variable: string, problem: string) {
+    super(`${variable}: ${problem}`)
+    this.name = 'ConfigError'
+  }
+}
+
+const envCheck = Compile(EnvSchema)
+const HS = ['HS256', 'HS384', 'HS512']
+
+function describe (error: { keyword: string, message: string, params: Record<string, unknown> }): string {
+  if (error.keyword === 'pattern' || error.keyword === 'anyOf') return 'has an invalid value'
+  return error.message
+}
+
+function parseEnv (raw: NodeJS.ProcessEnv): Env {
+  const known = Object.keys(EnvSchema.properties)
+  const picked: Record<string, unknown> = {}
+  for (const name of known) {
+    const value = raw[name]
+    // The contract says an empty string counts as unset.
+    if (value !== undefined && value !== '') picked[name] = value.trim()
+  }
+  const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, picked))
+  if (!envCheck.Check(converted)) {
+    const [first] = envCheck.Errors(converted)
+    const variable = first.instancePath.split('/')[1] || (first.params as { requiredProperties?: string[] }).requiredProperties?.[0] || 'environment'
+    throw new ConfigError(variable, `${describe(first as never)} (got ${JSON.stringify(picked[variable] ?? null)})`)
+  }
+  return converted as Env
+}
+
+function keyAlgorithms (pem: string, file: string): string[] {
+  let key
+  try {
+    key = createPublicKey(pem)
+  } catch {
+    throw new ConfigError('JWT_PUBLIC_KEY_FILE', `${file} is not a PEM public key`)
+  }
+  switch (key.asymmetricKeyType) {
+    case 'rsa': return ['RS256']
+    case 'ec': {
+      const curve = key.asymmetricKeyDetails?.namedCurve
+      return [curve === 'secp384r1' ? 'ES384' : curve === 'secp521r1' ? 'ES512' : 'ES256']
+    }
+    case 'ed25519': return ['EdDSA']
+    default: throw new ConfigError('JWT_PUBLIC_KEY_FILE', `unsupported key type ${key.asymmetricKeyType}`)
+  }
+}
+
+function checkAlgorithms (algorithms: string[], symmetric: boolean): void {
+  for (const alg of algorithms) {
+    if (alg.toLowerCase() === 'none') throw new ConfigError('JWT_ALGORITHMS', '"none" is never accepted')
+    const isHs = HS.includes(alg)
+    if (symmetric !== isHs) {
+      throw new ConfigError('JWT_ALGORITHMS', `${alg} does not match the configured key (${symmetric ? 'JWT_SECRET is an HMAC secret' : 'an asymmetric key is configured'})`)
+    }
+  }
+}
+
+function buildJwt (env: Env, cwd: string): JwtConfig {
+  const sources = ['JWT_SECRET', 'JWT_PUBLIC_KEY_FILE', 'JWT_JWKS_URL'].filter((n) => env[n as keyof Env] !== undefined)
+  if (sources.length > 1) throw new ConfigError(sources[1], `set exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE, JWT_JWKS_URL (also got ${sources[0]})`)
+  const requested = env.JWT_ALGORITHMS?.split(',')
+  const base = {
+    issuer: env.JWT_ISSUER,
+    audience: env.JWT_AUDIENCE,
+    clockToleranceSec: env.JWT_CLOCK_TOLERANCE_SECONDS,
+    devSecret: false
+  }
+
+  if (env.JWT_PUBLIC_KEY_FILE !== undefined) {
+    let pem: string
+    try {
+      pem = readFileSync(env.JWT_PUBLIC_KEY_FILE, 'utf8')
+    } catch (err) {
+      throw new ConfigError('JWT_PUBLIC_KEY_FILE', `cannot read ${env.JWT_PUBLIC_KEY_FILE} (${(err as NodeJS.ErrnoException).code})`)
+    }
+    const algorithms = requested ?? keyAlgorithms(pem, env.JWT_PUBLIC_KEY_FILE)
+    checkAlgorithms(algorithms, false)
+    return { ...base, key: pem, algorithms }
+  }
+  if (env.JWT_JWKS_URL !== undefined) {
+    const algorithms = requested ?? ['RS256']
+    checkAlgorithms(algorithms, false)
+    return { ...base, jwksUrl: env.JWT_JWKS_URL, algorithms }
+  }
+  const algorithms = requested ?? ['HS256']
+  checkAlgorithms(algorithms, true)
+  if (env.JWT_SECRET !== undefined) {
+    if (Buffer.byteLength(env.JWT_SECRET) < 32) throw new ConfigError('JWT_SECRET', 'must be at least 32 bytes')
+    return { ...base, key: env.JWT_SECRET, algorithms }
+  }
+  if (env.NODE_ENV === 'production') {
+    throw new ConfigError('JWT_SECRET', 'production needs a JWT key: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL')
+  }
+  const file = env.DEV_SECRET_FILE
+  return { ...base, key: loadOrCreateDevSecret(file, cwd), algorithms, devSecret: true, devSecretFile: file }
+}
+
+function parseTrustProxy (value: string): boolean | number | string[] {
+  const lowered = value.toLowerCase()
+  if (lowered === 'false' || lowered === '0' || lowered === 'no') return false
+  if (lowered === 'true' || lowered === 'yes') return true
+  if (/^\d+$/.test(value)) return Number(value)
+  const list = value.split(',').map((s) => s.trim()).filter(Boolean)
+  for (const entry of list) {
+    if (!/^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(entry) && !['loopback', 'linklocal', 'uniquelocal'].includes(entry)) {
+      throw new ConfigError('TRUST_PROXY', `"${entry}" is not true, false, a hop count, an address or a CIDR`)
+    }
+  }
+  return list
+}
+
+/** Normalises an origin for comparison: lower case, default port dropped. */
+export function normaliseOrigin (origin: string): string | null {
+  if (origin === 'null') return null
+  let url: URL
+  try {
+    url = new URL(origin)
+  } catch {
+    return null
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return null
+  // URL drops the scheme's default port and lower-cases scheme and host.
+  return `${url.protocol}//${url.host}`
+}
+
+function parseOrigins (value: string | undefined): Set<string> | null {
+  if (value === undefined) return null
+  const set = new Set<string>()
+  for (const entry of value.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const normalised = normaliseOrigin(entry)
+    if (normalised === null) throw new ConfigError('ALLOWED_ORIGINS', `"${entry}" is not an http(s) origin`)
+    set.add(normalised)
+  }
+  return set
+}
+
+function checkProductionRules (env: Env, trustProxy: GatewayConfig['trustProxy']): void {
+  const hasTls = env.TLS_CERT_FILE !== undefined
+  if (env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE === undefined) throw new ConfigError('TLS_KEY_FILE', 'must be set together with TLS_CERT_FILE')
+  if (env.TLS_KEY_FILE !== undefined && env.TLS_CERT_FILE === undefined) throw new ConfigError('TLS_CERT_FILE', 'must be set together with TLS_KEY_FILE')
+  if (env.NODE_ENV !== 'production') return
+  if (!hasTls && trustProxy === false) {
+    throw new ConfigError('TLS_CERT_FILE', 'production needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY for a TLS-terminating proxy')
+  }
+  if (env.REDIS_URL === undefined && !env.SINGLE_INSTANCE) {
+    throw new ConfigError('REDIS_URL', 'production needs REDIS_URL (or SINGLE_INSTANCE=true to run one instance on purpose)')
+  }
+}
+
+/**
+ * Reads the configuration from the environment. Throws a ConfigError whose
+ * message is one line naming the offending variable.
+ */
+export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): GatewayConfig {
+  const env = parseEnv(raw)
+  const trustProxy = parseTrustProxy(env.TRUST_PROXY)
+  checkProductionRules(env, trustProxy)
+  const jwt = buildJwt(env, cwd)
+  return {
+    host: env.HOST,
+    port: env.PORT,
+    env: env.NODE_ENV,
+    logLevel: env.LOG_LEVEL,
+    jwt,
+    revocationTtlSec: env.REVOCATION_TTL_SECONDS,
+    redisUrl: env.REDIS_URL,
+    singleInstance: env.SINGLE_INSTANCE,
+    allowedOrigins: parseOrigins(env.ALLOWED_ORIGINS),
+    tls: env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE !== undefined
+      ? { certFile: env.TLS_CERT_FILE, keyFile: env.TLS_KEY_FILE }
+      : undefined,
+    trustProxy,
+    ws: {
+      maxMessageBytes: env.WS_MAX_MESSAGE_BYTES,
+      heartbeatIntervalMs: env.HEARTBEAT_INTERVAL_MS,
+      reauthIntervalMs: env.REAUTH_INTERVAL_MS,
+      reauthGraceMs: env.REAUTH_GRACE_MS,
+      maxConnectionsPerUser: env.MAX_CONNECTIONS_PER_USER,
+      maxMalformedPerMinute: env.MAX_MALFORMED_PER_MINUTE,
+      messageRatePerSecond: env.MESSAGE_RATE_PER_SECOND,
+      messageBurst: Math.max(env.MESSAGE_BURST, env.MESSAGE_RATE_PER_SECOND),
+      sendBufferMaxBytes: env.SEND_BUFFER_MAX_BYTES
+    },
+    limits: {
+      maxConnectAttemptsPerMinute: env.MAX_CONNECT_ATTEMPTS_PER_MINUTE,
+      maxConnectionsPerIp: env.MAX_CONNECTIONS_PER_IP,
+      handshakeTimeoutMs: env.HANDSHAKE_TIMEOUT_MS,
+      maxPendingHandshakes: env.MAX_PENDING_HANDSHAKES,
+      ipSlotTtlMs: env.IP_SLOT_TTL_MS,
+      restRateLimitPerMinute: env.REST_RATE_LIMIT_PER_MINUTE
+    },
+    spike: {
+      windowMs: env.SPIKE_WINDOW_MS,
+      baselineWindows: env.SPIKE_BASELINE_WINDOWS,
+      factor: env.SPIKE_FACTOR,
+      minConnects: env.SPIKE_MIN_CONNECTS
+    },
+    shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS
+  }
+}

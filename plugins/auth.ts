@@ -1,0 +1,161 @@
+import fp from 'fastify-plugin'
+import fastifyCookie from '@fastify/cookie'
+import fastifyJwt from '@fastify/jwt'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { normaliseOrigin, type JwtConfig } from '../config/index.js'
+import {
+  BusUnavailableError, OriginRefusedError, ScopeMissingError,
+  TokenInvalidError, TokenMissingError, TokenRevokedError
+} from '../src/errors.js'
+
+export const ACCESS_TOKEN_COOKIE = 'access_token'
+export const PUBLISH_SCOPE = 'alerts:publish'
+const MAX_SUB_LENGTH = 256
+
+/** Claims the gateway relies on; `sub` and `exp` are required. */
+export interface TokenClaims {
+  sub: string
+  exp: number
+  iat?: number
+  nbf?: number
+  jti?: string
+  iss?: string
+  aud?: string | string[]
+  scope?: string | string[]
+}
+
+export interface AuthOptions {
+  jwt: JwtConfig
+  /** Normalised allowed origins; null allows any (including none). */
+  allowedOrigins: Set<string> | null
+  /** The user's revocation second (epoch s), or null; may throw when unknown. */
+  revokedBefore: (userId: string) => Promise<number | null>
+}
+
+/** Finds the token: `?token=`, then `Authorization: Bearer`, then the cookie. */
+export function extractToken (request: FastifyRequest): string | undefined {
+  const query = request.query as Record<string, unknown> | undefined
+  const fromQuery = query?.token
+  if (typeof fromQuery === 'string' && fromQuery !== '') return fromQuery
+  const header = request.headers.authorization
+  if (typeof header === 'string') {
+    const match = /^Bearer[ \t]+(\S+)\s*$/i.exec(header)
+    if (match !== null) return match[1]
+  }
+  const cookie = request.cookies?.[ACCESS_TOKEN_COOKIE]
+  if (typeof cookie === 'string' && cookie !== '') return cookie
+  return undefined
+}
+
+export function hasScope (claims: TokenClaims, scope: string): boolean {
+  const granted = claims.scope
+  if (Array.isArray(granted)) return granted.includes(scope)
+  return typeof granted === 'string' && granted.split(' ').includes(scope)
+}
+
+export function isRevoked (claims: TokenClaims, before: number | null): boolean {
+  if (before === null) return false
+  return typeof claims.iat !== 'number' || claims.iat <= before
+}
+
+/**
+ * Decorates `fastify.verifyToken` (verifies a JWT string: pinned algorithms,
+ * `sub` and `exp` required, `iss`/`aud` when configured),
+ * `fastify.authenticateUser` and `fastify.authenticateService` (onRequest
+ * hooks answering 401/403 before any upgrade) and `fastify.checkOrigin`.
+ */
+async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
+  const { jwt, allowedOrigins, revokedBefore } = opts
+  if (jwt.key === undefined) throw new Error('auth: option jwt.key is required (JWT_JWKS_URL is not supported by this build)')
+  if (typeof revokedBefore !== 'function') throw new Error('auth: option revokedBefore must be a function')
+
+  await fastify.register(fastifyCookie)
+  await fastify.register(fastifyJwt, {
+    secret: jwt.key,
+    sign: { algorithm: jwt.algorithms[0] as never },
+    verify: {
+      algorithms: jwt.algorithms as never,
+      allowedIss: jwt.issuer,
+      allowedAud: jwt.audience,
+      requiredClaims: ['sub', 'exp'],
+      clockTolerance: jwt.clockToleranceSec * 1000,
+      // Reconnect storms verify the same tokens again: cache verified ones.
+      cache: 10000,
+      cacheTTL: 600000
+    }
+  })
+
+  function verifyToken (token: string): TokenClaims {
+    let claims: TokenClaims
+    try {
+      claims = fastify.jwt.verify<TokenClaims>(token)
+    } catch (err) {
+      fastify.log.debug({ reason: (err as { code?: string }).code }, 'token refused')
+      throw new TokenInvalidError()
+    }
+    if (typeof claims.sub !== 'string' || claims.sub === '' || claims.sub.length > MAX_SUB_LENGTH || typeof claims.exp !== 'number') {
+      throw new TokenInvalidError()
+    }
+    return claims
+  }
+
+  async function checkRevoked (claims: TokenClaims): Promise<void> {
+    let before: number | null
+    try {
+      before = await revokedBefore(claims.sub)
+    } catch (err) {
+      fastify.log.warn({ err }, 'revocation lookup failed')
+      throw new BusUnavailableError()
+    }
+    if (isRevoked(claims, before)) throw new TokenRevokedError()
+  }
+
+  async function authenticate (request: FastifyRequest): Promise<TokenClaims> {
+    const token = extractToken(request)
+    if (token === undefined) throw new TokenMissingError()
+    const claims = verifyToken(token)
+    await checkRevoked(claims)
+    request.user = claims
+    return claims
+  }
+
+  fastify.decorate('verifyToken', verifyToken)
+  fastify.decorate('checkRevoked', checkRevoked)
+
+  fastify.decorate('checkOrigin', function checkOrigin (request: FastifyRequest): void {
+    if (allowedOrigins === null) return
+    const origin = request.headers.origin
+    // Non-browser clients send no Origin: they are not refused by this rule.
+    if (origin === undefined) return
+    const normalised = normaliseOrigin(origin)
+    if (normalised === null || !allowedOrigins.has(normalised)) throw new OriginRefusedError()
+  })
+
+  fastify.decorate('authenticateUser', async function authenticateUser (request: FastifyRequest) {
+    await authenticate(request)
+  })
+
+  fastify.decorate('authenticateService', async function authenticateService (request: FastifyRequest) {
+    const claims = await authenticate(request)
+    if (!hasScope(claims, PUBLISH_SCOPE)) throw new ScopeMissingError(PUBLISH_SCOPE)
+  })
+}
+
+export default fp(authPlugin, { name: 'auth', fastify: '5.x' })
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    verifyToken: (token: string) => TokenClaims
+    checkRevoked: (claims: TokenClaims) => Promise<void>
+    checkOrigin: (request: FastifyRequest) => void
+    authenticateUser: (request: FastifyRequest) => Promise<void>
+    authenticateService: (request: FastifyRequest) => Promise<void>
+  }
+}
+
+declare module '@fastify/jwt' {
+  interface FastifyJWT {
+    payload: Partial<TokenClaims> & Record<string, unknown>
+    user: TokenClaims
+  }
+}

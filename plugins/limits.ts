@@ -1,0 +1,99 @@
+import fp from 'fastify-plugin'
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import type { Redis } from 'ioredis'
+import type { GatewayConfig } from '../config/index.js'
+import { addressKey } from '../src/client-address.js'
+import { BusUnavailableError, IpLimitError } from '../src/errors.js'
+import { MemoryIpSlots, RedisIpSlots, type IpSlots } from '../src/ip-slots.js'
+
+/** Seconds a client refused by the per-address limit is told to wait. */
+const IP_RETRY_AFTER_SEC = 5
+
+export interface LimitsOptions {
+  limits: GatewayConfig['limits']
+  /** Command connection for cluster-wide limits; null on a single instance. */
+  redis: Redis | null
+  /** Unique id of this instance, part of every slot member. */
+  instanceId: string
+  keyPrefix: string
+}
+
+export interface Limits {
+  /** preHandler hooks of the /ws route: the per-user connect attempt limit. */
+  beforeUpgrade: preHandlerAsyncHookHandler[]
+  /** preHandler hook limiting a REST route per client address. */
+  rest: preHandlerAsyncHookHandler
+  /** Takes a per-address connection slot; resolves to its release function. */
+  acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<() => void>
+}
+
+/**
+ * Decorates `fastify.limits`: per-user connect attempts (@fastify/rate-limit,
+ * Redis store when clustered), concurrent connections per client address
+ * (exact under concurrency: a Lua check-and-add on Redis), REST limits.
+ */
+async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
+  const { limits, redis, instanceId, keyPrefix } = opts
+  if (limits === undefined) throw new Error('limits: option limits is required')
+
+  await fastify.register(rateLimit, {
+    global: false,
+    redis: redis ?? undefined,
+    nameSpace: `${keyPrefix}rl:`,
+    // With Redis down the handshake fails on the bus anyway; REST stays usable.
+    skipOnError: true
+  })
+
+  const slots: IpSlots = redis === null
+    ? new MemoryIpSlots()
+    : new RedisIpSlots(redis, limits.ipSlotTtlMs, keyPrefix, (err) => fastify.log.warn({ err }, 'ip slot update failed'))
+  fastify.addHook('onClose', async () => slots.close())
+
+  let sequence = 0
+  async function acquireConnection (request: FastifyRequest, reply: FastifyReply): Promise<() => void> {
+    const key = addressKey(request.ip)
+    const member = `${instanceId}:${++sequence}`
+    let ok: boolean
+    try {
+      ok = await slots.acquire(key, member, limits.maxConnectionsPerIp)
+    } catch (err) {
+      request.log.warn({ err }, 'ip slot check failed')
+      throw new BusUnavailableError()
+    }
+    if (!ok) {
+      reply.header('retry-after', IP_RETRY_AFTER_SEC)
+      throw new IpLimitError()
+    }
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      slots.release(key, member)
+    }
+  }
+
+  const decorated: Limits = {
+    beforeUpgrade: [fastify.rateLimit({
+      max: limits.maxConnectAttemptsPerMinute,
+      timeWindow: 60_000,
+      // Runs after authentication: the key is the verified user id.
+      keyGenerator: (request) => `ws:${request.user.sub}`
+    })],
+    rest: fastify.rateLimit({
+      max: limits.restRateLimitPerMinute,
+      timeWindow: 60_000,
+      keyGenerator: (request) => `rest:${addressKey(request.ip)}`
+    }),
+    acquireConnection
+  }
+  fastify.decorate('limits', decorated)
+}
+
+export default fp(limitsPlugin, { name: 'limits', fastify: '5.x' })
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    limits: Limits
+  }
+}

@@ -1,0 +1,46 @@
+import fp from 'fastify-plugin'
+import helmet from '@fastify/helmet'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { InsecureTransportError } from '../src/errors.js'
+
+/** Probes reach instances directly, inside the private network. */
+const PROBE_PATHS = new Set(['/health', '/ready', '/metrics'])
+
+export interface SecurityOptions {
+  production: boolean
+  /** TLS is terminated by a trusted proxy: refuse requests it forwarded as http. */
+  requireForwardedHttps: boolean
+}
+
+/**
+ * Security headers (@fastify/helmet): HSTS in production, a CSP that lets a
+ * page connect only to its own origin (wss to it included), nosniff, no
+ * X-Powered-By. Behind a TLS-terminating proxy in production, a request
+ * forwarded as plain http is refused with 403.
+ */
+async function securityPlugin (fastify: FastifyInstance, opts: SecurityOptions) {
+  await fastify.register(helmet, {
+    hsts: opts.production ? { maxAge: 31536000, includeSubDomains: true } : false,
+    contentSecurityPolicy: {
+      useDefaults: true,
+      directives: {
+        defaultSrc: ["'self'"],
+        connectSrc: ["'self'"],
+        scriptSrc: ["'self'"],
+        objectSrc: ["'none'"],
+        frameAncestors: ["'none'"]
+      }
+    },
+    crossOriginEmbedderPolicy: false
+  })
+
+  if (opts.requireForwardedHttps) {
+    fastify.addHook('onRequest', async (request: FastifyRequest) => {
+      if (request.protocol !== 'https' && !PROBE_PATHS.has(request.routeOptions.url ?? '')) {
+        throw new InsecureTransportError()
+      }
+    })
+  }
+}
+
+export default fp(securityPlugin, { name: 'security', fastify: '5.x' })

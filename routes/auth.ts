@@ -1,0 +1,26 @@
+import type { FastifyInstance } from 'fastify'
+import { BusUnavailableError } from '../src/errors.js'
+
+/** POST /auth/logout: revokes the caller's tokens and closes their sockets. */
+export default async function authRoutes (fastify: FastifyInstance) {
+  const { bus, sessions, gatewayConfig: config, limits } = fastify
+
+  fastify.post('/auth/logout', {
+    onRequest: [fastify.authenticateUser],
+    preHandler: [limits.rest]
+  }, async (request, reply) => {
+    const { sub, exp } = request.user
+    const before = Math.floor(Date.now() / 1000)
+    // Keep the revocation at least as long as the token used here lives.
+    const ttl = Math.max(config.revocationTtlSec, exp - before + 1)
+    try {
+      await bus.revoke(sub, before, ttl)
+    } catch (err) {
+      request.log.warn({ err }, 'revocation not stored')
+      throw new BusUnavailableError()
+    }
+    sessions.applyLogout(sub, before)
+    request.log.info({ userId: sub }, 'user logged out')
+    return reply.code(204).send()
+  })
+}

@@ -1,0 +1,15 @@
+import type { FastifyInstance } from 'fastify'
+
+/** GET /health (liveness) and GET /ready (accepting traffic). */
+export default async function healthRoutes (fastify: FastifyInstance) {
+  const { lifecycle, bus } = fastify
+
+  fastify.get('/health', { logLevel: 'warn' }, async () => ({ status: 'ok' }))
+
+  fastify.get('/ready', { logLevel: 'warn' }, async (_request, reply) => {
+    if (lifecycle.phase !== 'ready') return reply.code(503).send({ status: lifecycle.phase })
+    const busUp = 'ping' in bus ? await (bus as { ping: () => Promise<boolean> }).ping() : bus.connected
+    if (!busUp) return reply.code(503).send({ status: 'bus_unavailable' })
+    return { status: 'ready' }
+  })
+}

@@ -1,0 +1,161 @@
+import { randomUUID } from 'node:crypto'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { WebSocket } from 'ws'
+import { CloseCode } from '../src/close-codes.js'
+import { NotWebSocketError, OverloadedError, ShuttingDownError } from '../src/errors.js'
+import { handleMessage, type MessageContext } from '../src/message-handler.js'
+import type { WelcomeFrame } from '../src/messages.js'
+import type { ConnectionResult } from '../src/metric-names.js'
+import { Session } from '../src/session.js'
+
+/** What a request reserved before the upgrade; released if no session takes it. */
+interface Reservation {
+  userId: string
+  generation: number
+  taken: boolean
+  releases: Array<() => void>
+}
+
+const RESULT_BY_CODE: Record<string, ConnectionResult> = {
+  WS_ORIGIN_REFUSED: 'forbidden_origin',
+  WS_TOKEN_REVOKED: 'revoked',
+  WS_SHUTTING_DOWN: 'shutting_down',
+  WS_OVERLOADED: 'overloaded',
+  WS_IP_LIMIT: 'rate_limited_ip'
+}
+
+function classify (error: FastifyError): ConnectionResult | undefined {
+  const byCode = RESULT_BY_CODE[error.code]
+  if (byCode !== undefined) return byCode
+  if (error.statusCode === 401) return 'unauthorized'
+  if (error.statusCode === 429) return 'rate_limited_user'
+  return undefined
+}
+
+function release (reservation: Reservation): void {
+  for (const fn of reservation.releases.splice(0)) fn()
+}
+
+/** GET /ws: the authenticated WebSocket endpoint. */
+export default async function wsRoutes (fastify: FastifyInstance) {
+  const { gatewayConfig: config, sessions: registry, claims, lifecycle, metrics, limits } = fastify
+  const ctx: MessageContext = {
+    ws: config.ws,
+    registry,
+    metrics,
+    log: fastify.log,
+    verifyToken: fastify.verifyToken,
+    checkRevoked: fastify.checkRevoked
+  }
+
+  function settle (request: FastifyRequest): void {
+    if (request.wsPending) {
+      request.wsPending = false
+      lifecycle.pendingHandshakes--
+    }
+  }
+
+  async function admit (request: FastifyRequest): Promise<void> {
+    if (!request.ws) return
+    if (!lifecycle.accepting) throw new ShuttingDownError()
+    if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
+    lifecycle.pendingHandshakes++
+    request.wsPending = true
+    request.raw.socket?.once('close', () => settle(request))
+  }
+
+  async function checkOrigin (request: FastifyRequest): Promise<void> {
+    fastify.checkOrigin(request)
+  }
+
+  async function reserve (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (!request.ws) return
+    const userId = request.user.sub
+    const reservation: Reservation = { userId, generation: 0, taken: false, releases: [] }
+    request.wsReservation = reservation
+    // The client may vanish before the upgrade completes: free what it held.
+    request.raw.socket?.once('close', () => {
+      if (!reservation.taken) release(reservation)
+    })
+    try {
+      reservation.releases.push(await limits.acquireConnection(request, reply))
+      reservation.generation = await claims.claim(userId)
+      reservation.releases.push(() => claims.release(userId))
+    } catch (err) {
+      release(reservation)
+      throw err
+    }
+  }
+
+  function onConnection (socket: WebSocket, request: FastifyRequest): void {
+    settle(request)
+    const reservation = request.wsReservation as Reservation
+    const claimsOfToken = request.user
+    const now = Date.now()
+    const session = new Session({
+      id: randomUUID(),
+      userId: claimsOfToken.sub,
+      socket,
+      generation: reservation.generation,
+      tokenExpMs: claimsOfToken.exp * 1000,
+      tokenIatSec: typeof claimsOfToken.iat === 'number' ? claimsOfToken.iat : null,
+      authAtMs: now
+    }, config.ws.messageBurst)
+    reservation.taken = true
+
+    // Listeners first, synchronously: frames may already be waiting.
+    socket.on('message', (data, isBinary) => handleMessage(ctx, session, data, isBinary))
+    socket.on('pong', () => { session.alive = true })
+    socket.once('close', (code) => {
+      if (registry.remove(session)) {
+        fastify.log.debug({ connectionId: session.id, userId: session.userId, code }, 'session closed')
+      }
+      release(reservation)
+    })
+
+    if (socket.readyState !== socket.OPEN) return
+    registry.add(session)
+    metrics.connection('accepted')
+    const welcome: WelcomeFrame = {
+      type: 'welcome',
+      connectionId: session.id,
+      userId: session.userId,
+      heartbeatMs: config.ws.heartbeatIntervalMs,
+      reauthMs: config.ws.reauthIntervalMs,
+      maxMessageBytes: config.ws.maxMessageBytes
+    }
+    if (registry.send(session, Buffer.from(JSON.stringify(welcome)))) metrics.messagesSent.inc()
+
+    if (claims.superseded(session.userId, session.generation)) {
+      session.close(CloseCode.REPLACED)
+      return
+    }
+    claims.announce(session.userId, session.generation).catch((err) => {
+      fastify.log.warn({ err, userId: session.userId }, 'could not announce the session to the cluster')
+    })
+  }
+
+  fastify.route({
+    method: 'GET',
+    url: '/ws',
+    onRequest: [admit, checkOrigin, fastify.authenticateUser],
+    preHandler: [...limits.beforeUpgrade, reserve],
+    onError (request: FastifyRequest, _reply: FastifyReply, error: FastifyError, done: () => void) {
+      if (request.ws) {
+        const result = classify(error)
+        if (result !== undefined) metrics.connection(result)
+      }
+      done()
+    },
+    onSend: async (request: FastifyRequest) => { settle(request) },
+    handler: async () => { throw new NotWebSocketError() },
+    wsHandler: onConnection
+  })
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    wsPending?: boolean
+    wsReservation?: unknown
+  }
+}

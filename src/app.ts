@@ -1,0 +1,154 @@
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import websocket from '@fastify/websocket'
+import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
+import type { GatewayConfig } from '../config/index.js'
+import authPlugin from '../plugins/auth.js'
+import busPlugin from '../plugins/bus/index.js'
+import limitsPlugin from '../plugins/limits.js'
+import metricsPlugin from '../plugins/metrics.js'
+import securityPlugin from '../plugins/security.js'
+import alertRoutes from '../routes/alerts.js'
+import authRoutes from '../routes/auth.js'
+import healthRoutes from '../routes/health.js'
+import metricsRoutes from '../routes/metrics.js'
+import wsRoutes from '../routes/ws.js'
+import { CloseCode } from './close-codes.js'
+import { Lifecycle } from './lifecycle.js'
+import { SessionRegistry } from './session-registry.js'
+import { UserClaims } from './user-claims.js'
+import { loggerOptions } from './logger.js'
+
+export interface BuildOptions {
+  /** A pino logger to use instead of one built from the configuration. */
+  loggerInstance?: FastifyServerOptions['loggerInstance']
+  /** Collect the default process metrics (off in tests that build many apps). */
+  defaultMetrics?: boolean
+  /** Prefix of Redis keys and channels (tests isolate runs with it). */
+  redisPrefix?: string
+}
+
+/** Closes every session with 1001 and waits for them, at most `timeoutMs`. */
+async function drain (app: FastifyInstance, timeoutMs: number): Promise<void> {
+  const { lifecycle, sessions } = app
+  lifecycle.phase = 'draining'
+  if (sessions.size === 0) return
+  app.log.info({ sessions: sessions.size }, 'draining sessions')
+  sessions.closeAll(CloseCode.SHUTTING_DOWN)
+  const deadline = Date.now() + timeoutMs
+  await new Promise<void>((resolve) => {
+    const timer = setInterval(() => {
+      if (sessions.size === 0 || Date.now() >= deadline) {
+        clearInterval(timer)
+        resolve()
+      }
+    }, 20)
+  })
+  if (sessions.size > 0) {
+    app.log.warn({ sessions: sessions.size }, 'terminating sessions that did not finish the close handshake')
+    sessions.terminateAll()
+  }
+}
+
+/** Builds the gateway: plugins, session registry, routes. Call listen() on it. */
+export async function buildApp (config: GatewayConfig, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const serverOptions: FastifyServerOptions & { https?: object } = {
+    // proxy-addr takes a hop count too; Fastify's types omit it.
+    trustProxy: config.trustProxy as FastifyServerOptions['trustProxy'],
+    return503OnClosing: true,
+    // The default (5 s) kills slow-loris handshakes; keep it explicit.
+    requestTimeout: config.limits.handshakeTimeoutMs,
+    ...(options.loggerInstance !== undefined
+      ? { loggerInstance: options.loggerInstance }
+      : { logger: loggerOptions(config.logLevel) })
+  }
+  if (config.tls !== undefined) {
+    serverOptions.https = {
+      cert: readFileSync(config.tls.certFile),
+      key: readFileSync(config.tls.keyFile),
+      minVersion: 'TLSv1.2'
+    }
+  }
+  const app = Fastify(serverOptions) as unknown as FastifyInstance
+  app.setValidatorCompiler(TypeBoxValidatorCompiler)
+
+  const instanceId = randomBytes(8).toString('hex')
+  const lifecycle = new Lifecycle()
+  app.decorate('gatewayConfig', config)
+  app.decorate('lifecycle', lifecycle)
+  app.decorate('instanceId', instanceId)
+
+  await app.register(metricsPlugin, { defaultMetrics: options.defaultMetrics ?? true })
+  await app.register(busPlugin, { redisUrl: config.redisUrl, instanceId, prefix: options.redisPrefix ?? 'gw:' })
+  await app.register(authPlugin, {
+    jwt: config.jwt,
+    allowedOrigins: config.allowedOrigins,
+    revokedBefore: (userId: string) => app.bus.revokedBefore(userId)
+  })
+  await app.register(limitsPlugin, { limits: config.limits, redis: app.redis, instanceId, keyPrefix: options.redisPrefix ?? 'gw:' })
+  await app.register(securityPlugin, {
+    production: config.env === 'production',
+    requireForwardedHttps: config.env === 'production' && config.tls === undefined && config.trustProxy !== false
+  })
+
+  const sessions = new SessionRegistry({ ws: config.ws, metrics: app.metrics, log: app.log })
+  const claims = new UserClaims(app.bus, sessions, config.ws.maxConnectionsPerUser)
+  app.decorate('sessions', sessions)
+  app.decorate('claims', claims)
+  app.bus.setHandlers({
+    onBroadcast: (frame) => { sessions.broadcast(frame) },
+    onUserEvent: (userId, event) => {
+      if (event.type === 'alert') sessions.sendToUser(userId, event.frame)
+      else if (event.type === 'claim') claims.onRemoteClaim(userId, event.generation)
+      else sessions.applyLogout(userId, event.before)
+    },
+    onConnectedChange: (connected) => app.metrics.busConnected.set(connected ? 1 : 0)
+  })
+  app.metrics.busConnected.set(app.bus.connected ? 1 : 0)
+
+  // Registered before @fastify/websocket, so it runs before the plugin stops
+  // listening for upgrades: new upgrades get 503 while sessions drain.
+  app.addHook('preClose', async () => {
+    await drain(app, config.shutdownTimeoutMs)
+    sessions.stop()
+  })
+  app.addHook('onReady', async () => {
+    sessions.start()
+    lifecycle.phase = 'ready'
+  })
+
+  await app.register(websocket, {
+    options: {
+      maxPayload: config.ws.maxMessageBytes,
+      perMessageDeflate: false,
+      // The registry tracks sessions; ws's own client set would be a second copy.
+      clientTracking: false
+    },
+    preClose: (done) => done(),
+    errorHandler (error, socket, request) {
+      // ws has already closed the socket with the right code (1009, 1002,
+      // 1007...); terminating here would drop that close frame.
+      if ((error as { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') app.metrics.rejected('too_big')
+      request.log.debug({ err: error.message }, 'websocket error')
+      if (socket.readyState === socket.OPEN) socket.close(CloseCode.INTERNAL_ERROR)
+    }
+  })
+
+  await app.register(healthRoutes)
+  await app.register(metricsRoutes)
+  await app.register(authRoutes)
+  await app.register(alertRoutes)
+  await app.register(wsRoutes)
+  return app
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    gatewayConfig: GatewayConfig
+    lifecycle: Lifecycle
+    instanceId: string
+    sessions: SessionRegistry
+    claims: UserClaims
+  }
+}

@@ -1,0 +1,29 @@
+/** WebSocket close codes of the public contract (README "Close codes"). */
+export const CloseCode = {
+  SHUTTING_DOWN: 1001,
+  PROTOCOL_ERROR: 1002,
+  BINARY_FRAME: 1003,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  OVERLOADED: 1013,
+  TOKEN_EXPIRED: 4401,
+  LOGGED_OUT: 4403,
+  REPLACED: 4409
+} as const
+
+export type CloseCodeValue = typeof CloseCode[keyof typeof CloseCode]
+
+/** Short close reasons sent with each code (at most 123 bytes by RFC 6455). */
+export const CloseReason: Record<CloseCodeValue, string> = {
+  1001: 'server shutting down',
+  1002: 'protocol error',
+  1003: 'binary frames are not accepted',
+  1008: 'policy violation',
+  1009: 'message too big',
+  1011: 'internal error',
+  1013: 'overloaded',
+  4401: 'token expired or re-authentication failed',
+  4403: 'logged out',
+  4409: 'replaced by a newer connection'
+}

@@ -1,0 +1,80 @@
+import Type, { type Static } from 'typebox'
+import { Compile } from 'typebox/compile'
+
+/** Longest accepted token in an `auth` message; real JWTs are far shorter. */
+const MAX_TOKEN_LENGTH = 8192
+const Id = Type.String({ minLength: 1, maxLength: 128 })
+
+export const AuthMessageSchema = Type.Object({
+  type: Type.Literal('auth'),
+  token: Type.String({ minLength: 1, maxLength: MAX_TOKEN_LENGTH })
+}, { additionalProperties: false })
+
+export const PingMessageSchema = Type.Object({
+  type: Type.Literal('ping'),
+  id: Type.Optional(Type.Union([Id, Type.Integer()]))
+}, { additionalProperties: false })
+
+export const AckMessageSchema = Type.Object({
+  type: Type.Literal('ack'),
+  alertId: Id
+}, { additionalProperties: false })
+
+/** Every message a client may send; anything else is rejected. */
+export const ClientMessageSchema = Type.Union([AuthMessageSchema, PingMessageSchema, AckMessageSchema])
+export type ClientMessage = Static<typeof ClientMessageSchema>
+
+/** Compiled once at module load, never per message. */
+export const clientMessageValidator = Compile(ClientMessageSchema)
+
+export const CLIENT_MESSAGE_TYPES = new Set(['auth', 'ping', 'ack'])
+
+export const SeveritySchema = Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')])
+
+export const AlertTargetSchema = Type.Union([
+  Type.Object({ all: Type.Literal(true) }, { additionalProperties: false }),
+  Type.Object({ userId: Type.String({ minLength: 1, maxLength: 256 }) }, { additionalProperties: false })
+])
+
+/** Body of POST /alerts. Text fields are sanitised before validation. */
+export const PublishAlertSchema = Type.Object({
+  target: AlertTargetSchema,
+  severity: SeveritySchema,
+  title: Type.String({ minLength: 1, maxLength: 200 }),
+  body: Type.Optional(Type.String({ maxLength: 4000 })),
+  data: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { maxProperties: 50 }))
+}, { additionalProperties: false })
+export type PublishAlert = Static<typeof PublishAlertSchema>
+
+export const PublishResultSchema = Type.Object({
+  id: Type.String(),
+  delivered: Type.Integer({ minimum: 0 })
+})
+
+/** An alert as written to clients (`type: "alert"`). `ts` is epoch milliseconds. */
+export interface AlertFrame {
+  type: 'alert'
+  id: string
+  ts: number
+  severity: Static<typeof SeveritySchema>
+  title: string
+  body?: string
+  data?: Record<string, unknown>
+}
+
+export interface WelcomeFrame {
+  type: 'welcome'
+  connectionId: string
+  userId: string
+  heartbeatMs: number
+  reauthMs: number
+  maxMessageBytes: number
+}
+
+/** Codes of `error` replies. */
+export const MessageErrorCode = {
+  INVALID_JSON: 'invalid_json',
+  INVALID_MESSAGE: 'invalid_message',
+  UNKNOWN_TYPE: 'unknown_type',
+  AUTH_FAILED: 'auth_failed'
+} as const

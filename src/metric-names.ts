@@ -1,0 +1,41 @@
+/** Prometheus metric names and label values of the public contract. */
+export const MetricName = {
+  CONNECTIONS_ACTIVE: 'ws_connections_active',
+  CONNECTIONS_TOTAL: 'ws_connections_total',
+  MESSAGES_RECEIVED: 'ws_messages_received_total',
+  MESSAGES_SENT: 'ws_messages_sent_total',
+  MESSAGES_REJECTED: 'ws_messages_rejected_total',
+  CONNECTION_DURATION: 'ws_connection_duration_seconds',
+  BUS_CONNECTED: 'ws_bus_connected',
+  CONNECTION_SPIKE: 'ws_connection_spike'
+} as const
+
+/** `result` label of ws_connections_total. */
+export type ConnectionResult =
+  | 'accepted'
+  | 'unauthorized'
+  | 'forbidden_origin'
+  | 'revoked'
+  | 'rate_limited_user'
+  | 'rate_limited_ip'
+  | 'shutting_down'
+  | 'overloaded'
+
+export const CONNECTION_RESULTS: readonly ConnectionResult[] = [
+  'accepted', 'unauthorized', 'forbidden_origin', 'revoked',
+  'rate_limited_user', 'rate_limited_ip', 'shutting_down', 'overloaded'
+]
+
+/** `reason` label of ws_messages_rejected_total. */
+export type RejectReason =
+  | 'invalid_json'
+  | 'invalid_message'
+  | 'unknown_type'
+  | 'binary'
+  | 'too_big'
+  | 'rate_limited'
+  | 'auth_failed'
+
+export const REJECT_REASONS: readonly RejectReason[] = [
+  'invalid_json', 'invalid_message', 'unknown_type', 'binary', 'too_big', 'rate_limited', 'auth_failed'
+]

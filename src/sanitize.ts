@@ -1,0 +1,16 @@
+// C0 and C1 control characters (DEL included), and the bidi embedding,
+// override and isolate characters used to disguise text (CVE-2021-42574).
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const UNSAFE_SINGLE_LINE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const UNSAFE_MULTI_LINE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
+
+/** Sanitises a one-line text field: no control or bidi characters, NFC. */
+export function sanitiseLine (text: string): string {
+  return text.replace(UNSAFE_SINGLE_LINE, '').normalize('NFC')
+}
+
+/** Sanitises a multi-line text field: as sanitiseLine, but keeps \n and \t. */
+export function sanitiseText (text: string): string {
+  return text.replace(UNSAFE_MULTI_LINE, '').normalize('NFC')
+}

@@ -1,0 +1,36 @@
+import closeWithGrace from 'close-with-grace'
+import { ConfigError, loadConfig, type GatewayConfig } from '../config/index.js'
+import { buildApp } from './app.js'
+import { printDevelopmentHelp } from './dev-help.js'
+
+let config: GatewayConfig
+try {
+  config = loadConfig()
+} catch (err) {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`invalid configuration: ${err.message}\n`)
+    process.exit(1)
+  }
+  throw err
+}
+
+const app = await buildApp(config)
+
+closeWithGrace({
+  // Sessions get SHUTDOWN_TIMEOUT_MS to finish; the rest of close() is quick.
+  delay: config.shutdownTimeoutMs + 5000,
+  logger: { error: (msg: unknown) => app.log.error(msg) },
+  onSecondSignal: (signal) => app.log.warn({ signal }, 'second signal, exiting now')
+}, async ({ signal, err }) => {
+  if (err !== undefined) app.log.error({ err }, 'fatal error, shutting down')
+  else app.log.info({ signal }, 'shutting down')
+  await app.close()
+})
+
+try {
+  const address = await app.listen({ host: config.host, port: config.port })
+  if (config.jwt.devSecret) printDevelopmentHelp(app, config, address)
+} catch (err) {
+  app.log.fatal({ err }, 'could not start')
+  process.exit(1)
+}

@@ -1,0 +1,190 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { GatewayConfig } from '../config/index.js'
+import type { GatewayMetrics } from '../plugins/metrics.js'
+import { CloseCode, type CloseCodeValue } from './close-codes.js'
+import { DeadlineWheel } from './deadline-wheel.js'
+import { Heartbeat } from './heartbeat.js'
+import type { Session } from './session.js'
+
+const WHEEL_RESOLUTION_MS = 100
+
+export interface SessionRegistryOptions {
+  ws: GatewayConfig['ws']
+  metrics: GatewayMetrics
+  log: FastifyBaseLogger
+}
+
+/**
+ * The sessions of this instance: a dense array (heartbeat order, broadcast)
+ * plus an index by user. Owns the two timers that serve every session: the
+ * heartbeat and the deadline wheel for re-auth and token expiry.
+ */
+export class SessionRegistry {
+  readonly #list: Session[] = []
+  readonly #byUser = new Map<string, Session[]>()
+  readonly #ws: GatewayConfig['ws']
+  readonly #metrics: GatewayMetrics
+  readonly #log: FastifyBaseLogger
+  readonly #heartbeat: Heartbeat<Session>
+  readonly #wheel: DeadlineWheel<Session>
+  readonly #reauthFrame: Buffer
+
+  constructor (opts: SessionRegistryOptions) {
+    this.#ws = opts.ws
+    this.#metrics = opts.metrics
+    this.#log = opts.log
+    this.#heartbeat = new Heartbeat(opts.ws.heartbeatIntervalMs, () => this.#list)
+    this.#wheel = new DeadlineWheel(WHEEL_RESOLUTION_MS, (session, now) => this.#onDeadline(session, now))
+    this.#reauthFrame = Buffer.from(JSON.stringify({ type: 'reauth', deadlineMs: opts.ws.reauthGraceMs }))
+  }
+
+  start (): void {
+    this.#heartbeat.start()
+    this.#wheel.start()
+  }
+
+  stop (): void {
+    this.#heartbeat.stop()
+    this.#wheel.stop()
+  }
+
+  get size (): number {
+    return this.#list.length
+  }
+
+  sessionsOf (userId: string): readonly Session[] {
+    return this.#byUser.get(userId) ?? []
+  }
+
+  all (): readonly Session[] {
+    return this.#list
+  }
+
+  add (session: Session): void {
+    session.index = this.#list.length
+    this.#list.push(session)
+    const mine = this.#byUser.get(session.userId)
+    if (mine === undefined) this.#byUser.set(session.userId, [session])
+    else mine.push(session)
+    this.reschedule(session)
+    this.#metrics.connectionsActive.inc()
+  }
+
+  /** Removes a closed session; returns false when it was not registered. */
+  remove (session: Session): boolean {
+    const index = session.index
+    if (index === -1 || this.#list[index] !== session) return false
+    const last = this.#list.pop() as Session
+    if (last !== session) {
+      this.#list[index] = last
+      last.index = index
+    }
+    session.index = -1
+    const mine = this.#byUser.get(session.userId)
+    if (mine !== undefined) {
+      const at = mine.indexOf(session)
+      if (at !== -1) mine.splice(at, 1)
+      if (mine.length === 0) this.#byUser.delete(session.userId)
+    }
+    this.#wheel.cancel(session)
+    this.#metrics.connectionsActive.dec()
+    this.#metrics.connectionDuration.observe((Date.now() - session.openedAt) / 1000)
+    return true
+  }
+
+  /** Files the session's next re-auth or expiry deadline. */
+  reschedule (session: Session): void {
+    const reauthAt = session.reauthDeadlineMs > 0
+      ? session.reauthDeadlineMs
+      : session.authAtMs + this.#ws.reauthIntervalMs
+    this.#wheel.schedule(session, Math.min(session.tokenExpMs, reauthAt))
+  }
+
+  /**
+   * Writes an encoded frame to one session. A socket whose send buffer is
+   * over the cap is a slow consumer: it is closed with 1013 rather than
+   * allowed to grow memory.
+   */
+  send (session: Session, frame: Buffer): boolean {
+    if (!session.open) return false
+    if (session.socket.bufferedAmount > this.#ws.sendBufferMaxBytes) {
+      this.#log.warn({ connectionId: session.id, userId: session.userId, buffered: session.socket.bufferedAmount }, 'slow consumer closed')
+      session.close(CloseCode.OVERLOADED)
+      return false
+    }
+    session.socket.send(frame, { binary: false })
+    return true
+  }
+
+  /** Sends to every local session; returns how many were written. */
+  broadcast (frame: Buffer): number {
+    let delivered = 0
+    // A slow consumer's close does not remove it synchronously, so plain
+    // iteration over the live array is safe.
+    for (let i = 0; i < this.#list.length; i++) {
+      if (this.send(this.#list[i], frame)) delivered++
+    }
+    if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
+    return delivered
+  }
+
+  sendToUser (userId: string, frame: Buffer): number {
+    const mine = this.#byUser.get(userId)
+    if (mine === undefined) return 0
+    let delivered = 0
+    for (const session of mine) {
+      if (this.send(session, frame)) delivered++
+    }
+    if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
+    return delivered
+  }
+
+  /**
+   * A session of `generation` was accepted somewhere in the cluster: close the
+   * local sessions of the user that fall outside the newest
+   * MAX_CONNECTIONS_PER_USER generations.
+   */
+  applyClaim (userId: string, generation: number): void {
+    const mine = this.#byUser.get(userId)
+    if (mine === undefined) return
+    const oldestKept = generation - this.#ws.maxConnectionsPerUser + 1
+    for (const session of [...mine]) {
+      if (session.generation < oldestKept) session.close(CloseCode.REPLACED)
+    }
+  }
+
+  /** The user logged out at `before`: close sessions whose token predates it. */
+  applyLogout (userId: string, before: number): void {
+    const mine = this.#byUser.get(userId)
+    if (mine === undefined) return
+    for (const session of [...mine]) {
+      if (session.tokenIatSec === null || session.tokenIatSec <= before) session.close(CloseCode.LOGGED_OUT)
+    }
+  }
+
+  closeAll (code: CloseCodeValue): void {
+    for (const session of [...this.#list]) session.close(code)
+  }
+
+  terminateAll (): void {
+    for (const session of [...this.#list]) session.terminate()
+  }
+
+  #onDeadline (session: Session, now: number): void {
+    if (session.closing || session.index === -1) return
+    if (now >= session.tokenExpMs) {
+      session.close(CloseCode.TOKEN_EXPIRED)
+      return
+    }
+    if (session.reauthDeadlineMs > 0) {
+      if (now >= session.reauthDeadlineMs) {
+        session.close(CloseCode.TOKEN_EXPIRED)
+        return
+      }
+    } else if (now >= session.authAtMs + this.#ws.reauthIntervalMs) {
+      session.reauthDeadlineMs = now + this.#ws.reauthGraceMs
+      if (this.send(session, this.#reauthFrame)) this.#metrics.messagesSent.inc()
+    }
+    this.reschedule(session)
+  }
+}

@@ -1,0 +1,81 @@
+import type { WebSocket } from 'ws'
+import { CloseReason, type CloseCodeValue } from './close-codes.js'
+
+const OPEN = 1
+
+export interface SessionInit {
+  id: string
+  userId: string
+  socket: WebSocket
+  generation: number
+  tokenExpMs: number
+  /** `iat` of the current token in epoch seconds, or null when absent. */
+  tokenIatSec: number | null
+  authAtMs: number
+}
+
+/**
+ * One authenticated WebSocket connection. Holds only what the hot paths need
+ * (no reference to the upgrade request), so an idle session stays small.
+ */
+export class Session {
+  readonly id: string
+  readonly userId: string
+  readonly socket: WebSocket
+  readonly openedAt: number
+  generation: number
+  tokenExpMs: number
+  tokenIatSec: number | null
+  authAtMs: number
+  /** When the pending re-auth request expires; 0 when none is pending. */
+  reauthDeadlineMs = 0
+  /** Answered the last heartbeat ping. */
+  alive = true
+  closing = false
+  /** Position in the registry's dense array (heartbeat order). */
+  index = -1
+  /** Deadline wheel bucket this session is filed under; -1 when none. */
+  bucket = -1
+  // Message rate: a token bucket refilled at the configured rate.
+  tokens: number
+  tokensAt: number
+  /** Times of recent malformed messages, allocated on the first one. */
+  malformed: number[] | null = null
+
+  constructor (init: SessionInit, burst: number) {
+    this.id = init.id
+    this.userId = init.userId
+    this.socket = init.socket
+    this.generation = init.generation
+    this.tokenExpMs = init.tokenExpMs
+    this.tokenIatSec = init.tokenIatSec
+    this.authAtMs = init.authAtMs
+    this.openedAt = Date.now()
+    this.tokens = burst
+    this.tokensAt = this.openedAt
+  }
+
+  get open (): boolean {
+    return !this.closing && this.socket.readyState === OPEN
+  }
+
+  /** Closes with a contract code. Idempotent: the first reason wins. */
+  close (code: CloseCodeValue): void {
+    if (this.closing) return
+    this.closing = true
+    try {
+      this.socket.close(code, CloseReason[code])
+    } catch {
+      this.socket.terminate()
+    }
+  }
+
+  ping (): void {
+    if (this.socket.readyState === OPEN) this.socket.ping()
+  }
+
+  terminate (): void {
+    this.closing = true
+    this.socket.terminate()
+  }
+}

@@ -1,0 +1,80 @@
+import type { Bus } from '../plugins/bus/types.js'
+import type { SessionRegistry } from './session-registry.js'
+
+/**
+ * Newest connection wins, cluster-wide. A connection claims its user before
+ * the upgrade: subscribe to the user's events first, then take the next
+ * generation (Redis INCR). Any instance that sees a claim of generation g
+ * closes its sessions of that user older than the newest
+ * MAX_CONNECTIONS_PER_USER. Subscribing before taking the generation means
+ * every later claim is seen; remembering the newest generation seen covers a
+ * claim that arrives before our own INCR answer does.
+ */
+export class UserClaims {
+  readonly #bus: Bus
+  readonly #registry: SessionRegistry
+  readonly #maxPerUser: number
+  readonly #newest = new Map<string, number>()
+  readonly #watchers = new Map<string, number>()
+
+  constructor (bus: Bus, registry: SessionRegistry, maxPerUser: number) {
+    this.#bus = bus
+    this.#registry = registry
+    this.#maxPerUser = maxPerUser
+  }
+
+  /** Subscribes and takes a generation; call release() unless it throws. */
+  async claim (userId: string): Promise<number> {
+    this.#watchers.set(userId, (this.#watchers.get(userId) ?? 0) + 1)
+    try {
+      await this.#bus.watchUser(userId)
+    } catch (err) {
+      this.#unref(userId)
+      throw err
+    }
+    try {
+      return await this.#bus.nextGeneration(userId)
+    } catch (err) {
+      this.release(userId)
+      throw err
+    }
+  }
+
+  /** After the session of `generation` is registered: close the older ones. */
+  announce (userId: string, generation: number): Promise<void> {
+    this.#seen(userId, generation)
+    this.#registry.applyClaim(userId, generation)
+    return this.#bus.publishUser(userId, { type: 'claim', generation })
+  }
+
+  /** True when a newer claim already displaced `generation`. */
+  superseded (userId: string, generation: number): boolean {
+    return (this.#newest.get(userId) ?? 0) - generation >= this.#maxPerUser
+  }
+
+  /** A claim published by another instance. */
+  onRemoteClaim (userId: string, generation: number): void {
+    this.#seen(userId, generation)
+    this.#registry.applyClaim(userId, generation)
+  }
+
+  release (userId: string): void {
+    this.#bus.unwatchUser(userId)
+    this.#unref(userId)
+  }
+
+  #unref (userId: string): void {
+    const refs = (this.#watchers.get(userId) ?? 0) - 1
+    if (refs > 0) {
+      this.#watchers.set(userId, refs)
+    } else {
+      this.#watchers.delete(userId)
+      this.#newest.delete(userId)
+    }
+  }
+
+  #seen (userId: string, generation: number): void {
+    if (!this.#watchers.has(userId)) return
+    if (generation > (this.#newest.get(userId) ?? 0)) this.#newest.set(userId, generation)
+  }
+}
