@@ -68,14 +68,10 @@ async function reauthenticate (ctx: MessageContext, session: Session, token: str
   }
   try {
     await ctx.checkRevoked(claims)
-  } catch (err) {
-    if ((err as { statusCode?: number }).statusCode === 403) {
-      session.close(CloseCode.LOGGED_OUT)
-      return
-    }
-    // Revocations cannot be read (bus down): an open session survives the
-    // outage, and logout events reach it again once the bus is back.
-    ctx.log.warn({ connectionId: session.id }, 're-auth accepted without a revocation check')
+  } catch {
+    ctx.metrics.rejected('auth_failed')
+    session.close(CloseCode.LOGGED_OUT)
+    return
   }
   if (session.closing) return
   session.tokenExpMs = claims.exp * 1000

@@ -7,6 +7,7 @@ const TYPE_CLAIM = 0x43 // 'C'
 const TYPE_LOGOUT = 0x4c // 'L'
 /** Generations outlive any session; refreshed at every claim. */
 const GENERATION_TTL_SEC = 30 * 24 * 3600
+const RESUBSCRIBE_BATCH = 1000
 
 export interface RedisBusOptions {
   url: string
@@ -45,10 +46,10 @@ export class RedisBus implements Bus {
   readonly #userChannelPrefix: string
   readonly #log: FastifyBaseLogger
   readonly #watched = new Map<string, { refs: number, ready: Promise<unknown> }>()
-  /** Channels whose UNSUBSCRIBE failed during an outage; retried on reconnect. */
-  readonly #stale = new Set<string>()
   #handlers: BusHandlers = { onBroadcast: () => {}, onUserEvent: () => {} }
   #connected = false
+  /** The subscriber is ready and every channel is subscribed again. */
+  #subscribed = false
   #closing = false
 
   constructor (opts: RedisBusOptions) {
@@ -67,14 +68,19 @@ export class RedisBus implements Bus {
       lazyConnect: true
     }
     this.#command = new Redis(opts.url, { ...options, connectionName: 'gw-command' })
-    this.#subscriber = new Redis(opts.url, { ...options, connectionName: 'gw-subscriber', autoResubscribe: true })
+    // Subscriptions are restored by #resubscribe, which also tells when they
+    // are all in place again: only then is the bus reported connected.
+    this.#subscriber = new Redis(opts.url, { ...options, connectionName: 'gw-subscriber', autoResubscribe: false })
     for (const client of [this.#command, this.#subscriber]) {
       // Without an 'error' listener ioredis errors would crash the process.
       client.on('error', (err) => this.#log.debug({ err: err.message }, 'redis connection error'))
-      client.on('ready', () => this.#updateConnected())
-      client.on('close', () => this.#updateConnected())
+      client.on('close', () => {
+        if (client === this.#subscriber) this.#subscribed = false
+        this.#updateConnected()
+      })
     }
-    this.#subscriber.on('ready', () => this.#retryStale())
+    this.#command.on('ready', () => this.#updateConnected())
+    this.#subscriber.on('ready', () => { this.#resubscribe() })
     this.#subscriber.on('messageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel, message))
   }
 
@@ -92,9 +98,6 @@ export class RedisBus implements Bus {
     for (const client of [this.#command, this.#subscriber]) {
       client.connect().catch(() => { /* retried by ioredis; reported via 'error' */ })
     }
-    this.#subscriber.subscribe(this.#allChannel).catch(() => {
-      // Queued as a resubscription once the connection is ready.
-    })
   }
 
   setHandlers (handlers: BusHandlers): void {
@@ -102,20 +105,27 @@ export class RedisBus implements Bus {
   }
 
   #updateConnected (): void {
-    const now = this.#command.status === 'ready' && this.#subscriber.status === 'ready'
+    const now = this.#command.status === 'ready' && this.#subscribed
     if (now === this.#connected) return
     this.#connected = now
     if (!this.#closing) this.#log[now ? 'info' : 'warn']('redis bus %s', now ? 'connected' : 'disconnected')
     this.#handlers.onConnectedChange?.(now)
   }
 
-  #retryStale (): void {
-    // The broadcast channel must be subscribed even if Redis was down at start.
-    this.#subscriber.subscribe(this.#allChannel).catch(() => {})
-    for (const channel of this.#stale) {
-      this.#stale.delete(channel)
-      if (!this.#watched.has(this.#userIdOf(channel) ?? '')) this.#subscriber.unsubscribe(channel).catch(() => this.#stale.add(channel))
+  /** After every (re)connect: the broadcast channel and every watched user. */
+  async #resubscribe (): Promise<void> {
+    const channels = [this.#allChannel, ...[...this.#watched.keys()].map((id) => this.#userChannel(id))]
+    try {
+      for (let i = 0; i < channels.length; i += RESUBSCRIBE_BATCH) {
+        await this.#subscriber.subscribe(...channels.slice(i, i + RESUBSCRIBE_BATCH))
+      }
+    } catch (err) {
+      // The connection dropped again; the next 'ready' retries.
+      this.#log.debug({ err }, 'resubscribe interrupted')
+      return
     }
+    this.#subscribed = this.#subscriber.status === 'ready'
+    this.#updateConnected()
   }
 
   #userChannel (userId: string): string {
@@ -175,9 +185,7 @@ export class RedisBus implements Bus {
       await entry.ready
       return
     }
-    const channel = this.#userChannel(userId)
-    this.#stale.delete(channel)
-    const ready = this.#subscriber.subscribe(channel)
+    const ready = this.#subscriber.subscribe(this.#userChannel(userId))
     const created = { refs: 1, ready }
     this.#watched.set(userId, created)
     try {
@@ -194,8 +202,8 @@ export class RedisBus implements Bus {
     if (entry === undefined) return
     if (--entry.refs > 0) return
     this.#watched.delete(userId)
-    const channel = this.#userChannel(userId)
-    this.#subscriber.unsubscribe(channel).catch(() => this.#stale.add(channel))
+    // If Redis is down the subscription is gone anyway and not restored.
+    this.#subscriber.unsubscribe(this.#userChannel(userId)).catch(() => {})
   }
 
   async nextGeneration (userId: string): Promise<number> {

@@ -33,7 +33,7 @@ export class RedisServer {
   async start (): Promise<void> {
     const child = spawn('redis-server', [
       '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--protected-mode', 'no', '--loglevel', 'warning'
+      '--protected-mode', 'no', '--loglevel', 'notice'
     ], { stdio: ['ignore', 'pipe', 'pipe'] })
     this.#child = child
     let output = ''
