@@ -38,7 +38,7 @@ function release (reservation: Reservation): void {
 
 /** GET /ws: the authenticated WebSocket endpoint. */
 export default async function wsRoutes (fastify: FastifyInstance) {
-  const { gatewayConfig: config, sessions: registry, claims, lifecycle, metrics, limits } = fastify
+  const { gatewayConfig: config, sessions: registry, claims, lifecycle, metrics, limits, spike } = fastify
   const ctx: MessageContext = {
     ws: config.ws,
     registry,
@@ -57,6 +57,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
 
   async function admit (request: FastifyRequest): Promise<void> {
     if (!request.ws) return
+    spike.record()
     if (!lifecycle.accepting) throw new ShuttingDownError()
     if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
     lifecycle.pendingHandshakes++

@@ -17,6 +17,7 @@ import wsRoutes from '../routes/ws.js'
 import { CloseCode } from './close-codes.js'
 import { Lifecycle } from './lifecycle.js'
 import { SessionRegistry } from './session-registry.js'
+import { SpikeDetector } from './spike-detector.js'
 import { UserClaims } from './user-claims.js'
 import { loggerOptions } from './logger.js'
 
@@ -94,8 +95,10 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
 
   const sessions = new SessionRegistry({ ws: config.ws, metrics: app.metrics, log: app.log })
   const claims = new UserClaims(app.bus, sessions, config.ws.maxConnectionsPerUser)
+  const spike = new SpikeDetector(config.spike, app.metrics.connectionSpike, app.log)
   app.decorate('sessions', sessions)
   app.decorate('claims', claims)
+  app.decorate('spike', spike)
   app.bus.setHandlers({
     onBroadcast: (frame) => { sessions.broadcast(frame) },
     onUserEvent: (userId, event) => {
@@ -112,9 +115,11 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   app.addHook('preClose', async () => {
     await drain(app, config.shutdownTimeoutMs)
     sessions.stop()
+    spike.stop()
   })
   app.addHook('onReady', async () => {
     sessions.start()
+    spike.start()
     lifecycle.phase = 'ready'
   })
 
@@ -150,5 +155,6 @@ declare module 'fastify' {
     instanceId: string
     sessions: SessionRegistry
     claims: UserClaims
+    spike: SpikeDetector
   }
 }

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
+import { EnvSchema } from '../../config/index.js'
 import { TEST_SECRET } from './tokens.js'
 
 interface Teardown {
@@ -27,9 +28,13 @@ export interface GatewayProcess {
  */
 export function spawnGateway (env: Record<string, string>, opts: { cwd?: string } = {}): { child: ChildProcess, output: () => string, exited: GatewayProcess['exited'] } {
   let output = ''
+  // Keep tap's variables (transpile-only TypeScript, coverage), drop any
+  // gateway setting of the parent environment.
+  const inherited: NodeJS.ProcessEnv = { ...process.env }
+  for (const name of Object.keys(EnvSchema.properties)) delete inherited[name]
   const child = spawn(process.execPath, [...process.execArgv, SERVER], {
     cwd: opts.cwd,
-    env: { PATH: process.env.PATH, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: '0', JWT_SECRET: TEST_SECRET, LOG_LEVEL: 'info', ...env },
+    env: { ...inherited, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: '0', JWT_SECRET: TEST_SECRET, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   child.stdout?.on('data', (c: Buffer) => { output += c.toString() })
