@@ -11,6 +11,7 @@ import metricsPlugin from '../plugins/metrics.js'
 import securityPlugin from '../plugins/security.js'
 import alertRoutes from '../routes/alerts.js'
 import authRoutes from '../routes/auth.js'
+import demoRoutes from '../routes/demo.js'
 import healthRoutes from '../routes/health.js'
 import metricsRoutes from '../routes/metrics.js'
 import wsRoutes from '../routes/ws.js'
@@ -145,6 +146,8 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   await app.register(authRoutes)
   await app.register(alertRoutes)
   await app.register(wsRoutes)
+  // The demo page and its token endpoint exist only with an HMAC key outside production.
+  if (config.env !== 'production' && config.jwt.algorithms[0].startsWith('HS')) await app.register(demoRoutes)
   return app
 }
 
