@@ -4,10 +4,13 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { InsecureTransportError } from '../src/errors.js'
 
 /** Probes reach instances directly, inside the private network. */
+const HOST = /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/
 const PROBE_PATHS = new Set(['/health', '/ready', '/metrics'])
 
 export interface SecurityOptions {
   production: boolean
+  /** Pages are served over https (TLS here or at the proxy): allow wss only. */
+  secure: boolean
   /** TLS is terminated by a trusted proxy: refuse requests it forwarded as http. */
   requireForwardedHttps: boolean
 }
@@ -25,7 +28,12 @@ async function securityPlugin (fastify: FastifyInstance, opts: SecurityOptions) 
       useDefaults: true,
       directives: {
         defaultSrc: ["'self'"],
-        connectSrc: ["'self'"],
+        // 'self' alone does not cover WebSocket URLs in every browser: name
+        // the socket origin, wss for https pages (never ws: from https).
+        connectSrc: ["'self'", (req) => {
+          const host = (req as { headers: Record<string, unknown> }).headers.host
+          return typeof host === 'string' && HOST.test(host) ? `${opts.secure ? 'wss' : 'ws'}://${host}` : "'self'"
+        }],
         scriptSrc: ["'self'"],
         objectSrc: ["'none'"],
         frameAncestors: ["'none'"]

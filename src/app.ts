@@ -91,6 +91,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   await app.register(limitsPlugin, { limits: config.limits, redis: app.redis, instanceId, keyPrefix: options.redisPrefix ?? 'gw:' })
   await app.register(securityPlugin, {
     production: config.env === 'production',
+    secure: config.tls !== undefined || config.env === 'production',
     requireForwardedHttps: config.env === 'production' && config.tls === undefined && config.trustProxy !== false
   })
 

@@ -111,8 +111,11 @@ export class TestClient {
 
   /** The next message not yet consumed (of `type` when given). */
   async next (type?: string, timeoutMs = 5000): Promise<Record<string, unknown>> {
-    return withTimeout((async () => {
+    let expired = false
+    const find = async (): Promise<Record<string, unknown>> => {
       for (;;) {
+        // A wait that timed out must not consume a message meant for a later one.
+        if (expired) throw new Error('expired')
         while (this.#cursor < this.received.length) {
           const message = this.received[this.#cursor++]
           if (type === undefined || message.type === type) return message
@@ -120,7 +123,12 @@ export class TestClient {
         if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`socket closed before a ${type ?? 'message'} arrived`)
         await new Promise<void>((resolve) => this.#waiters.push(resolve))
       }
-    })(), timeoutMs, `a ${type ?? 'message'} message`)
+    }
+    try {
+      return await withTimeout(find(), timeoutMs, `a ${type ?? 'message'} message`)
+    } finally {
+      expired = true
+    }
   }
 
   /** Resolves with the close code and reason, failing after `timeoutMs`. */
