@@ -37,6 +37,9 @@ export function spawnGateway (env: Record<string, string>, opts: { cwd?: string 
     env: { ...inherited, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: '0', JWT_SECRET: TEST_SECRET, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
+  const reap = (): void => { child.kill('SIGKILL') }
+  process.once('exit', reap)
+  child.once('exit', () => process.removeListener('exit', reap))
   child.stdout?.on('data', (c: Buffer) => { output += c.toString() })
   child.stderr?.on('data', (c: Buffer) => { output += c.toString() })
   const exited = once(child, 'exit').then(([code, signal]) => ({ code, signal })) as GatewayProcess['exited']

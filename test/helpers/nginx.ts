@@ -53,6 +53,9 @@ export async function startNginx (t: Teardown, dir: string, vars: Record<string,
     ''
   ].join('\n'))
   const child = spawn('nginx', ['-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const reap = (): void => { child.kill('SIGKILL') }
+  process.once('exit', reap)
+  child.once('exit', () => process.removeListener('exit', reap))
   let stderr = ''
   child.stderr?.on('data', (c: Buffer) => { stderr += c.toString() })
   t.teardown(async () => {

@@ -36,6 +36,11 @@ export class RedisServer {
       '--protected-mode', 'no', '--loglevel', 'notice'
     ], { stdio: ['ignore', 'pipe', 'pipe'] })
     this.#child = child
+    // Never outlive the test process, even when it ends without teardown
+    // (a tap timeout): a leftover server would hold its port and memory.
+    const reap = (): void => { child.kill('SIGKILL') }
+    process.once('exit', reap)
+    child.once('exit', () => process.removeListener('exit', reap))
     let output = ''
     await new Promise<void>((resolve, reject) => {
       const onData = (chunk: Buffer): void => {
