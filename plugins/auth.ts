@@ -1,8 +1,10 @@
 import fp from 'fastify-plugin'
+import { createVerifier } from 'fast-jwt'
 import fastifyCookie from '@fastify/cookie'
 import fastifyJwt from '@fastify/jwt'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { normaliseOrigin, type JwtConfig } from '../config/index.js'
+import { JwksKeys } from '../src/jwks.js'
 import {
   OriginRefusedError, ScopeMissingError,
   TokenInvalidError, TokenMissingError, TokenRevokedError
@@ -59,36 +61,43 @@ export function isRevoked (claims: TokenClaims, before: number | null): boolean 
 }
 
 /**
- * Decorates `fastify.verifyToken` (verifies a JWT string: pinned algorithms,
+ * Decorates `fastify.verifyToken` (verifies a JWT string with the configured
+ * key, PEM public key or JWKS endpoint: pinned algorithms,
  * `sub` and `exp` required, `iss`/`aud` when configured),
  * `fastify.authenticateUser` and `fastify.authenticateService` (onRequest
  * hooks answering 401/403 before any upgrade) and `fastify.checkOrigin`.
  */
 async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   const { jwt, allowedOrigins, revokedBefore } = opts
-  if (jwt.key === undefined) throw new Error('auth: option jwt.key is required (JWT_JWKS_URL is not supported by this build)')
+  if (jwt.key === undefined && jwt.jwksUrl === undefined) throw new Error('auth: option jwt needs a key or a jwksUrl')
   if (typeof revokedBefore !== 'function') throw new Error('auth: option revokedBefore must be a function')
 
+  const verifyOptions = {
+    algorithms: jwt.algorithms as never,
+    allowedIss: jwt.issuer,
+    allowedAud: jwt.audience,
+    requiredClaims: ['sub', 'exp'],
+    clockTolerance: jwt.clockToleranceSec * 1000,
+    // Reconnect storms verify the same tokens again: cache verified ones.
+    cache: 10000,
+    cacheTTL: 600000
+  }
   await fastify.register(fastifyCookie)
-  await fastify.register(fastifyJwt, {
-    secret: jwt.key,
-    sign: { algorithm: jwt.algorithms[0] as never },
-    verify: {
-      algorithms: jwt.algorithms as never,
-      allowedIss: jwt.issuer,
-      allowedAud: jwt.audience,
-      requiredClaims: ['sub', 'exp'],
-      clockTolerance: jwt.clockToleranceSec * 1000,
-      // Reconnect storms verify the same tokens again: cache verified ones.
-      cache: 10000,
-      cacheTTL: 600000
-    }
-  })
+  let verify: (token: string) => TokenClaims | Promise<TokenClaims>
+  if (jwt.key !== undefined) {
+    await fastify.register(fastifyJwt, { secret: jwt.key, sign: { algorithm: jwt.algorithms[0] as never }, verify: verifyOptions })
+    verify = (token) => fastify.jwt.verify<TokenClaims>(token)
+  } else {
+    // @fastify/jwt wants a static key for verify(); with JWKS, fast-jwt (its
+    // engine) is used directly with an async key lookup by `kid`.
+    const keys = new JwksKeys(jwt.jwksUrl as string)
+    verify = createVerifier({ ...verifyOptions, key: async (decoded: { header: { kid?: unknown } }) => keys.get(decoded.header.kid) })
+  }
 
-  function verifyToken (token: string): TokenClaims {
+  async function verifyToken (token: string): Promise<TokenClaims> {
     let claims: TokenClaims
     try {
-      claims = fastify.jwt.verify<TokenClaims>(token)
+      claims = await verify(token)
     } catch (err) {
       fastify.log.debug({ reason: (err as { code?: string }).code }, 'token refused')
       throw new TokenInvalidError()
@@ -116,7 +125,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   async function authenticate (request: FastifyRequest): Promise<TokenClaims> {
     const token = extractToken(request)
     if (token === undefined) throw new TokenMissingError()
-    const claims = verifyToken(token)
+    const claims = await verifyToken(token)
     await checkRevoked(claims)
     request.user = claims
     return claims
@@ -148,7 +157,7 @@ export default fp(authPlugin, { name: 'auth', fastify: '5.x' })
 
 declare module 'fastify' {
   interface FastifyInstance {
-    verifyToken: (token: string) => TokenClaims
+    verifyToken: (token: string) => Promise<TokenClaims>
     checkRevoked: (claims: TokenClaims) => Promise<void>
     checkOrigin: (request: FastifyRequest) => void
     authenticateUser: (request: FastifyRequest) => Promise<void>

@@ -17,7 +17,7 @@ export interface MessageContext {
   registry: SessionRegistry
   metrics: GatewayMetrics
   log: FastifyBaseLogger
-  verifyToken: (token: string) => TokenClaims
+  verifyToken: (token: string) => Promise<TokenClaims>
   checkRevoked: (claims: TokenClaims) => Promise<void>
 }
 
@@ -55,7 +55,7 @@ function parse (data: RawData): unknown {
 async function reauthenticate (ctx: MessageContext, session: Session, token: string): Promise<void> {
   let claims: TokenClaims
   try {
-    claims = ctx.verifyToken(token)
+    claims = await ctx.verifyToken(token)
   } catch {
     ctx.metrics.rejected('auth_failed')
     session.close(CloseCode.TOKEN_EXPIRED)

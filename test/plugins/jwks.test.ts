@@ -1,0 +1,68 @@
+import t from 'tap'
+import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { build } from '../helpers/build.js'
+import { nowSec, signJwt } from '../helpers/tokens.js'
+import { TestClient } from '../helpers/ws-client.js'
+
+function rsa (): { jwk: object, privateKey: KeyObject } {
+  const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  return { jwk: publicKey.export({ format: 'jwk' }), privateKey }
+}
+
+/** A JWKS endpoint whose key set the test can change; counts its fetches. */
+async function jwksServer (t: Parameters<typeof build>[0]): Promise<{ url: string, keys: object[], fetches: () => number, status: { code: number } }> {
+  const keys: object[] = []
+  const status = { code: 200 }
+  let fetches = 0
+  const server = createServer((_req, res) => {
+    fetches++
+    res.writeHead(status.code, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ keys }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/jwks.json`, keys, fetches: () => fetches, status }
+}
+
+const claims = (sub: string): Record<string, unknown> => ({ sub, iat: nowSec(), exp: nowSec() + 600 })
+
+t.test('tokens verified against a JWKS endpoint', async (t) => {
+  const endpoint = await jwksServer(t)
+  const first = rsa()
+  endpoint.keys.push({ ...first.jwk, kid: 'k1', use: 'sig', alg: 'RS256' })
+  // An encryption key and a key without kid are ignored.
+  endpoint.keys.push({ ...rsa().jwk, kid: 'enc', use: 'enc' }, { ...rsa().jwk })
+  const { wsUrl } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url } })
+
+  const good = signJwt(claims('jwks-user'), { alg: 'RS256', key: first.privateKey, header: { kid: 'k1' } })
+  const { welcome, client } = await TestClient.connect(wsUrl, { token: good })
+  t.equal(welcome.userId, 'jwks-user', 'a token signed by a published key is accepted')
+  t.equal(endpoint.fetches(), 1, 'keys fetched once')
+  await client.close()
+
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: first.privateKey }) })).status, 401, 'no kid -> 401')
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: rsa().privateKey, header: { kid: 'k1' } }) })).status, 401, 'wrong key for the kid -> 401')
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: first.privateKey, header: { kid: 'enc' } }) })).status, 401, 'an encryption key is not a signing key')
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'HS256', key: 'x'.repeat(40), header: { kid: 'k1' } }) })).status, 401, 'HS256 is not accepted with JWKS')
+  t.equal(endpoint.fetches(), 1, 'unknown kids do not refetch within the minimum interval')
+})
+
+t.test('an unknown kid refetches the key set once the interval has passed (rotation)', async (t) => {
+  const endpoint = await jwksServer(t)
+  const { wsUrl } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url } })
+  endpoint.status.code = 503
+  const rotated = rsa()
+  const token = signJwt(claims('rotated'), { alg: 'RS256', key: rotated.privateKey, header: { kid: 'k2' } })
+  t.equal((await TestClient.refused(wsUrl, { token })).status, 401, 'endpoint down -> 401')
+  endpoint.status.code = 200
+  endpoint.keys.push({ ...rotated.jwk, kid: 'k2' })
+  // The failed fetch starts the minimum interval: move the clock past it.
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  Date.now = () => realNow() + 31_000
+  const { welcome } = await TestClient.connect(wsUrl, { token: signJwt({ sub: 'rotated', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 600 }, { alg: 'RS256', key: rotated.privateKey, header: { kid: 'k2' } }) })
+  t.equal(welcome.userId, 'rotated', 'the rotated key is fetched and used')
+  t.equal(endpoint.fetches(), 2)
+})
