@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs'
+import type { Server as HttpsServer } from 'node:https'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError, loadConfig, type GatewayConfig } from '../config/index.js'
 import { buildApp } from './app.js'
@@ -19,6 +21,8 @@ const app = await buildApp(config)
 closeWithGrace({
   // Sessions get SHUTDOWN_TIMEOUT_MS to finish; the rest of close() is quick.
   delay: config.shutdownTimeoutMs + 5000,
+  // With TLS, SIGHUP reloads the certificate (below) instead of stopping.
+  skip: config.tls !== undefined ? ['SIGHUP'] : [],
   logger: { error: (msg: unknown) => app.log.error(msg) },
   onSecondSignal: (signal) => app.log.warn({ signal }, 'second signal, exiting now')
 }, async ({ signal, err }) => {
@@ -26,6 +30,20 @@ closeWithGrace({
   else app.log.info({ signal }, 'shutting down')
   await app.close()
 })
+
+const tls = config.tls
+if (tls !== undefined) {
+  // Certificate rotation without dropping sockets: new handshakes use the
+  // files as they are now; open connections keep their session.
+  process.on('SIGHUP', () => {
+    try {
+      (app.server as unknown as HttpsServer).setSecureContext({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' })
+      app.log.info('TLS certificate reloaded')
+    } catch (err) {
+      app.log.error({ err }, 'TLS certificate reload failed; keeping the current one')
+    }
+  })
+}
 
 try {
   const address = await app.listen({ host: config.host, port: config.port })

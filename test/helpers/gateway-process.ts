@@ -56,7 +56,7 @@ export async function startGateway (t: Teardown, env: Record<string, string> = {
     }
   })
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`gateway did not start: ${started.output()}`)), 20000)
+    const timer = setTimeout(() => reject(new Error(`gateway did not start: ${started.output()}`)), 60000)
     const check = (): void => {
       const match = /Server listening at https?:\/\/127\.0\.0\.1:(\d+)/.exec(started.output())
       if (match !== null) {

@@ -1,8 +1,9 @@
 import t from 'tap'
+import { copyFileSync, rmSync } from 'node:fs'
 import { request } from 'node:https'
 import { build } from '../helpers/build.js'
 import { makeCerts } from '../helpers/certs.js'
-import { spawnGateway } from '../helpers/gateway-process.js'
+import { spawnGateway, startGateway } from '../helpers/gateway-process.js'
 import { userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 
@@ -60,4 +61,38 @@ t.test('production without TLS and without a trusted proxy refuses to start', as
   const lines = started.output().trim().split('\n')
   t.equal(lines.length, 1, 'one line')
   t.match(lines[0], /TLS_CERT_FILE/, 'naming the variable')
+})
+
+t.test('SIGHUP reloads the certificate without dropping open sockets', async (t) => {
+  const dir = t.testdir({ old: {}, new: {} })
+  const first = makeCerts(`${dir}/old`)
+  const second = makeCerts(`${dir}/new`)
+  const live = { cert: `${dir}/live.crt`, key: `${dir}/live.key` }
+  copyFileSync(first.certFile, live.cert)
+  copyFileSync(first.keyFile, live.key)
+  const gateway = await startGateway(t, { TLS_CERT_FILE: live.cert, TLS_KEY_FILE: live.key })
+  const { client } = await TestClient.connect(gateway.wsUrl, { token: userToken('before-reload'), ca: first.ca })
+
+  copyFileSync(second.certFile, live.cert)
+  copyFileSync(second.keyFile, live.key)
+  const logged = new Promise<void>((resolve) => {
+    gateway.child.stdout?.on('data', () => { if (gateway.output().includes('TLS certificate reloaded')) resolve() })
+  })
+  gateway.child.kill('SIGHUP')
+  await logged
+  const { welcome } = await TestClient.connect(gateway.wsUrl, { token: userToken('after-reload'), ca: second.ca })
+  t.equal(welcome.userId, 'after-reload', 'new handshakes use the new certificate')
+  await t.rejects(TestClient.open(gateway.wsUrl, { token: userToken('old-ca'), ca: first.ca }), 'the old certificate is no longer served')
+  client.send({ type: 'ping', id: 'still-here' })
+  t.same(await client.next('pong'), { type: 'pong', id: 'still-here' }, 'the socket opened before the reload is still open')
+
+  rmSync(live.key)
+  gateway.child.kill('SIGHUP')
+  await new Promise<void>((resolve) => {
+    const check = (): void => { if (gateway.output().includes('TLS certificate reload failed')) resolve() }
+    check()
+    gateway.child.stdout?.on('data', check)
+  })
+  const { welcome: still } = await TestClient.connect(gateway.wsUrl, { token: userToken('after-failure'), ca: second.ca })
+  t.equal(still.userId, 'after-failure', 'a failed reload keeps the current certificate')
 })
