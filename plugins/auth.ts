@@ -76,7 +76,8 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     algorithms: jwt.algorithms as never,
     allowedIss: jwt.issuer,
     allowedAud: jwt.audience,
-    requiredClaims: ['sub', 'exp'],
+    // fast-jwt checks iss/aud only when present: configured means required.
+    requiredClaims: ['sub', 'exp', ...(jwt.issuer !== undefined ? ['iss'] : []), ...(jwt.audience !== undefined ? ['aud'] : [])],
     clockTolerance: jwt.clockToleranceSec * 1000,
     // Reconnect storms verify the same tokens again: cache verified ones.
     cache: 10000,
@@ -85,7 +86,11 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   await fastify.register(fastifyCookie)
   let verify: (token: string) => TokenClaims | Promise<TokenClaims>
   if (jwt.key !== undefined) {
-    await fastify.register(fastifyJwt, { secret: jwt.key, sign: { algorithm: jwt.algorithms[0] as never }, verify: verifyOptions })
+    const hmac = jwt.algorithms[0].startsWith('HS')
+    // A PEM public key verifies only: @fastify/jwt wants it as { public }.
+    await fastify.register(fastifyJwt, hmac
+      ? { secret: jwt.key, sign: { algorithm: jwt.algorithms[0] as never }, verify: verifyOptions }
+      : { secret: { public: jwt.key, private: undefined as never }, verify: verifyOptions })
     verify = (token) => fastify.jwt.verify<TokenClaims>(token)
   } else {
     // @fastify/jwt wants a static key for verify(); with JWKS, fast-jwt (its

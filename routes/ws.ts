@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto'
+import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { CloseCode } from '../src/close-codes.js'
-import { NotWebSocketError, OverloadedError, ShuttingDownError } from '../src/errors.js'
+import { ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError } from '../src/errors.js'
 import { handleMessage, type MessageContext } from '../src/message-handler.js'
 import type { WelcomeFrame } from '../src/messages.js'
 import type { ConnectionResult } from '../src/metric-names.js'
@@ -60,9 +61,11 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     spike.record()
     if (!lifecycle.accepting) throw new ShuttingDownError()
     if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
+    const socket = request.raw.socket as Socket | undefined
+    if (socket?.destroyed === true) throw new ClientGoneError()
     lifecycle.pendingHandshakes++
     request.wsPending = true
-    request.raw.socket?.once('close', () => settle(request))
+    socket?.once('close', () => settle(request))
   }
 
   async function checkOrigin (request: FastifyRequest): Promise<void> {
@@ -71,11 +74,16 @@ export default async function wsRoutes (fastify: FastifyInstance) {
 
   async function reserve (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     if (!request.ws) return
+    const socket = request.raw.socket as Socket | undefined
+    const gone = (): boolean => socket?.destroyed === true
+    // The client may have gone during authentication (its 'close' was then
+    // emitted before anyone listened): take nothing for it.
+    if (gone()) throw new ClientGoneError()
     const userId = request.user.sub
     const reservation: Reservation = { userId, generation: 0, taken: false, releases: [] }
     request.wsReservation = reservation
     // The client may vanish before the upgrade completes: free what it held.
-    request.raw.socket?.once('close', () => {
+    socket?.once('close', () => {
       if (!reservation.taken) release(reservation)
     })
     try {
@@ -85,6 +93,11 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     } catch (err) {
       release(reservation)
       throw err
+    }
+    if (gone()) {
+      // Gone while we waited on Redis, possibly before the listener above.
+      release(reservation)
+      throw new ClientGoneError()
     }
   }
 

@@ -58,7 +58,9 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   const serverOptions: FastifyServerOptions & { https?: object } = {
     // proxy-addr takes a hop count too; Fastify's types omit it.
     trustProxy: config.trustProxy as FastifyServerOptions['trustProxy'],
-    return503OnClosing: true,
+    // Requests during the drain reach the routes: /ready says 'draining' and
+    // upgrades get the gateway's own 503 (counted as shutting_down).
+    return503OnClosing: false,
     // The default (5 s) kills slow-loris handshakes; keep it explicit.
     requestTimeout: config.limits.handshakeTimeoutMs,
     ...(options.loggerInstance !== undefined

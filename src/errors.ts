@@ -12,3 +12,4 @@ export const BusUnavailableError = createError('WS_BUS_UNAVAILABLE', 'message bu
 export const OverloadedError = createError('WS_OVERLOADED', 'too many pending handshakes', 503)
 export const IpLimitError = createError('WS_IP_LIMIT', 'too many connections from this address', 429)
 export const NotWebSocketError = createError('WS_UPGRADE_REQUIRED', 'use a WebSocket upgrade on this path', 426)
+export const ClientGoneError = createError('WS_CLIENT_GONE', 'client closed the connection during the handshake', 400)
