@@ -1,5 +1,6 @@
 import { createPublicKey } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { accessSync, constants, readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { EnvSchema, type Env } from './schema.js'
@@ -77,19 +78,38 @@ function describe (error: { keyword: string, message: string, params: Record<str
   return error.message
 }
 
+/** Values that must never be echoed in an error message. */
+const SECRET_VARIABLES = new Set(['JWT_SECRET', 'REDIS_URL'])
+const INTEGER = /^-?\d+$/
+const NUMBER = /^-?\d+(\.\d+)?$/
+
+/** TypeBox conversion rounds "1.5" and reads "true" as 1: refuse those first. */
+function checkShape (name: string, value: string): void {
+  const type = (EnvSchema.properties as Record<string, { type?: string }>)[name].type
+  const ok = type === 'integer'
+    ? INTEGER.test(value)
+    : type === 'number'
+      ? NUMBER.test(value)
+      : type === 'boolean' ? value === 'true' || value === 'false' : true
+  if (!ok) throw new ConfigError(name, `must be ${type === 'boolean' ? 'true or false' : `a${type === 'integer' ? 'n integer' : ' number'}`} (got ${JSON.stringify(value)})`)
+}
+
 function parseEnv (raw: NodeJS.ProcessEnv): Env {
-  const known = Object.keys(EnvSchema.properties)
-  const picked: Record<string, unknown> = {}
-  for (const name of known) {
-    const value = raw[name]
+  const picked: Record<string, string> = {}
+  for (const name of Object.keys(EnvSchema.properties)) {
     // The contract says an empty string counts as unset.
-    if (value !== undefined && value !== '') picked[name] = value.trim()
+    if (raw[name] === undefined || raw[name] === '') continue
+    const value = (raw[name] as string).trim()
+    if (value === '') throw new ConfigError(name, 'is blank (unset it, or give a value)')
+    checkShape(name, value)
+    picked[name] = value
   }
-  const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, picked))
+  const converted = Value.Convert(EnvSchema, Value.Default(EnvSchema, { ...picked }))
   if (!envCheck.Check(converted)) {
     const [first] = envCheck.Errors(converted)
-    const variable = first.instancePath.split('/')[1] || (first.params as { requiredProperties?: string[] }).requiredProperties?.[0] || 'environment'
-    throw new ConfigError(variable, `${describe(first as never)} (got ${JSON.stringify(picked[variable] ?? null)})`)
+    const variable = first.instancePath.split('/')[1]
+    const got = SECRET_VARIABLES.has(variable) ? '' : ` (got ${JSON.stringify(picked[variable])})`
+    throw new ConfigError(variable, `${describe(first as never)}${got}`)
   }
   return converted as Env
 }
@@ -101,15 +121,25 @@ function keyAlgorithms (pem: string, file: string): string[] {
   } catch {
     throw new ConfigError('JWT_PUBLIC_KEY_FILE', `${file} is not a PEM public key`)
   }
-  switch (key.asymmetricKeyType) {
-    case 'rsa': return ['RS256']
-    case 'ec': {
-      const curve = key.asymmetricKeyDetails?.namedCurve
-      return [curve === 'secp384r1' ? 'ES384' : curve === 'secp521r1' ? 'ES512' : 'ES256']
-    }
-    case 'ed25519': return ['EdDSA']
-    default: throw new ConfigError('JWT_PUBLIC_KEY_FILE', `unsupported key type ${key.asymmetricKeyType}`)
+  const family = key.asymmetricKeyType === 'ec'
+    ? EC_CURVES[key.asymmetricKeyDetails?.namedCurve ?? '']
+    : KEY_FAMILIES[key.asymmetricKeyType ?? '']
+  if (family === undefined) {
+    throw new ConfigError('JWT_PUBLIC_KEY_FILE', `unsupported key (${key.asymmetricKeyType} ${key.asymmetricKeyDetails?.namedCurve ?? ''})`.replace(' )', ')'))
   }
+  return family
+}
+
+/** Algorithms each key type can verify; the first is the default. */
+const KEY_FAMILIES: Record<string, string[]> = {
+  rsa: ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'],
+  'rsa-pss': ['PS256', 'PS384', 'PS512'],
+  ed25519: ['EdDSA']
+}
+const EC_CURVES: Record<string, string[]> = {
+  prime256v1: ['ES256'],
+  secp384r1: ['ES384'],
+  secp521r1: ['ES512']
 }
 
 function checkAlgorithms (algorithms: string[], symmetric: boolean): void {
@@ -140,8 +170,12 @@ function buildJwt (env: Env, cwd: string): JwtConfig {
     } catch (err) {
       throw new ConfigError('JWT_PUBLIC_KEY_FILE', `cannot read ${env.JWT_PUBLIC_KEY_FILE} (${(err as NodeJS.ErrnoException).code})`)
     }
-    const algorithms = requested ?? keyAlgorithms(pem, env.JWT_PUBLIC_KEY_FILE)
+    const supported = keyAlgorithms(pem, env.JWT_PUBLIC_KEY_FILE)
+    const algorithms = requested ?? supported.slice(0, 1)
     checkAlgorithms(algorithms, false)
+    for (const alg of algorithms) {
+      if (!supported.includes(alg)) throw new ConfigError('JWT_ALGORITHMS', `${alg} cannot be verified with the key in JWT_PUBLIC_KEY_FILE (it supports ${supported.join(', ')})`)
+    }
     return { ...base, key: pem, algorithms }
   }
   if (env.JWT_JWKS_URL !== undefined) {
@@ -159,7 +193,22 @@ function buildJwt (env: Env, cwd: string): JwtConfig {
     throw new ConfigError('JWT_SECRET', 'production needs a JWT key: set JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL')
   }
   const file = env.DEV_SECRET_FILE
-  return { ...base, key: loadOrCreateDevSecret(file, cwd), algorithms, devSecret: true, devSecretFile: file }
+  let key: string
+  try {
+    key = loadOrCreateDevSecret(file, cwd)
+  } catch (err) {
+    throw new ConfigError('DEV_SECRET_FILE', (err as Error).message)
+  }
+  return { ...base, key, algorithms, devSecret: true, devSecretFile: file }
+}
+
+function isTrustEntry (entry: string): boolean {
+  if (['loopback', 'linklocal', 'uniquelocal'].includes(entry)) return true
+  const [address, prefix, extra] = entry.split('/')
+  const family = isIP(address)
+  if (family === 0 || extra !== undefined) return false
+  if (prefix === undefined) return true
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128)
 }
 
 function parseTrustProxy (value: string): boolean | number | string[] {
@@ -167,11 +216,9 @@ function parseTrustProxy (value: string): boolean | number | string[] {
   if (lowered === 'false' || lowered === '0' || lowered === 'no') return false
   if (lowered === 'true' || lowered === 'yes') return true
   if (/^\d+$/.test(value)) return Number(value)
-  const list = value.split(',').map((s) => s.trim()).filter(Boolean)
+  const list = value.split(',').map((s) => s.trim())
   for (const entry of list) {
-    if (!/^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(entry) && !['loopback', 'linklocal', 'uniquelocal'].includes(entry)) {
-      throw new ConfigError('TRUST_PROXY', `"${entry}" is not true, false, a hop count, an address or a CIDR`)
-    }
+    if (!isTrustEntry(entry)) throw new ConfigError('TRUST_PROXY', `"${entry}" is not true, false, a hop count, an address or a CIDR`)
   }
   return list
 }
@@ -201,10 +248,21 @@ function parseOrigins (value: string | undefined): Set<string> | null {
   return set
 }
 
+function checkReadable (variable: string, file: string | undefined): void {
+  if (file === undefined) return
+  try {
+    accessSync(file, constants.R_OK)
+  } catch (err) {
+    throw new ConfigError(variable, `cannot read ${file} (${(err as NodeJS.ErrnoException).code})`)
+  }
+}
+
 function checkProductionRules (env: Env, trustProxy: GatewayConfig['trustProxy']): void {
   const hasTls = env.TLS_CERT_FILE !== undefined
   if (env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE === undefined) throw new ConfigError('TLS_KEY_FILE', 'must be set together with TLS_CERT_FILE')
   if (env.TLS_KEY_FILE !== undefined && env.TLS_CERT_FILE === undefined) throw new ConfigError('TLS_CERT_FILE', 'must be set together with TLS_KEY_FILE')
+  checkReadable('TLS_CERT_FILE', env.TLS_CERT_FILE)
+  checkReadable('TLS_KEY_FILE', env.TLS_KEY_FILE)
   if (env.NODE_ENV !== 'production') return
   if (!hasTls && trustProxy === false) {
     throw new ConfigError('TLS_CERT_FILE', 'production needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY for a TLS-terminating proxy')

@@ -20,7 +20,8 @@ export const EnvSchema = Type.Object({
     { default: 'info' }
   ),
 
-  JWT_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  // At least 32 bytes (not characters): checked where the key is built.
+  JWT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
   JWT_PUBLIC_KEY_FILE: Type.Optional(Type.String({ minLength: 1 })),
   JWT_JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   JWT_ALGORITHMS: Type.Optional(Type.String({ pattern: '^[A-Z0-9]+(,[A-Z0-9]+)*$' })),

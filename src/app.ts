@@ -91,12 +91,6 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
     revokedBefore: (userId: string) => app.bus.revokedBefore(userId)
   })
   await app.register(limitsPlugin, { limits: config.limits, redis: app.redis, instanceId, keyPrefix: options.redisPrefix ?? 'gw:' })
-  await app.register(securityPlugin, {
-    production: config.env === 'production',
-    secure: config.tls !== undefined || config.env === 'production',
-    requireForwardedHttps: config.env === 'production' && config.tls === undefined && config.trustProxy !== false
-  })
-
   const sessions = new SessionRegistry({ ws: config.ws, metrics: app.metrics, log: app.log })
   const claims = new UserClaims(app.bus, sessions, config.ws.maxConnectionsPerUser)
   const spike = new SpikeDetector(config.spike, app.metrics.connectionSpike, app.log)
@@ -142,6 +136,14 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
       request.log.debug({ err: error.message }, 'websocket error')
       if (socket.readyState === socket.OPEN) socket.close(CloseCode.INTERNAL_ERROR)
     }
+  })
+
+  // After @fastify/websocket, so its refusals of upgrades (plain http behind
+  // the proxy) are known as upgrades and their sockets are released.
+  await app.register(securityPlugin, {
+    production: config.env === 'production',
+    secure: config.tls !== undefined || config.env === 'production',
+    requireForwardedHttps: config.env === 'production' && config.tls === undefined && config.trustProxy !== false
   })
 
   await app.register(healthRoutes)

@@ -42,7 +42,8 @@ export const PublishAlertSchema = Type.Object({
   severity: SeveritySchema,
   title: Type.String({ minLength: 1, maxLength: 200 }),
   body: Type.Optional(Type.String({ maxLength: 4000 })),
-  data: Type.Optional(Type.Record(Type.String({ maxLength: 128 }), Type.Unknown(), { maxProperties: 50 }))
+  // A Record's key schema is not checked on values: propertyNames bounds keys.
+  data: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { maxProperties: 50, propertyNames: { maxLength: 128 } }))
 }, { additionalProperties: false })
 export type PublishAlert = Static<typeof PublishAlertSchema>
 
