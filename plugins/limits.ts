@@ -65,12 +65,8 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
       reply.header('retry-after', IP_RETRY_AFTER_SEC)
       throw new IpLimitError()
     }
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      slots.release(key, member)
-    }
+    // Called once: a reservation hands out each release function once.
+    return () => { slots.release(key, member) }
   }
 
   const decorated: Limits = {

@@ -36,7 +36,9 @@ async function securityPlugin (fastify: FastifyInstance, opts: SecurityOptions) 
         }],
         scriptSrc: ["'self'"],
         objectSrc: ["'none'"],
-        frameAncestors: ["'none'"]
+        frameAncestors: ["'none'"],
+        // Only where https is the rule: it would break a plain-http dev page.
+        upgradeInsecureRequests: opts.secure ? [] : null
       }
     },
     crossOriginEmbedderPolicy: false

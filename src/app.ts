@@ -129,12 +129,11 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
       clientTracking: false
     },
     preClose: (done) => done(),
-    errorHandler (error, socket, request) {
+    errorHandler (error, _socket, request) {
       // ws has already closed the socket with the right code (1009, 1002,
       // 1007...); terminating here would drop that close frame.
       if ((error as { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') app.metrics.rejected('too_big')
       request.log.debug({ err: error.message }, 'websocket error')
-      if (socket.readyState === socket.OPEN) socket.close(CloseCode.INTERNAL_ERROR)
     }
   })
 

@@ -1,6 +1,7 @@
 import { isIPv6 } from 'node:net'
 
-function expandIPv6 (ip: string): number[] | null {
+/** The eight hextets of an address `isIPv6` accepted. */
+function expandIPv6 (ip: string): number[] {
   let address = ip
   const zone = address.indexOf('%')
   if (zone !== -1) address = address.slice(0, zone)
@@ -14,7 +15,6 @@ function expandIPv6 (ip: string): number[] | null {
   const left = head === '' ? [] : head.split(':')
   const right = tail === undefined || tail === '' ? [] : tail.split(':')
   const missing = 8 - left.length - right.length
-  if (tail === undefined ? missing !== 0 : missing < 0) return null
   const parts = [...left, ...new Array(tail === undefined ? 0 : missing).fill('0'), ...right]
   return parts.map((p) => parseInt(p, 16))
 }
@@ -27,7 +27,6 @@ function expandIPv6 (ip: string): number[] | null {
 export function addressKey (ip: string): string {
   if (!isIPv6(ip)) return ip
   const hextets = expandIPv6(ip)
-  if (hextets === null) return ip.toLowerCase()
   if (hextets.slice(0, 5).every((h) => h === 0) && hextets[5] === 0xffff) {
     return `${hextets[6] >> 8}.${hextets[6] & 255}.${hextets[7] >> 8}.${hextets[7] & 255}`
   }

@@ -63,11 +63,8 @@ export class Session {
   close (code: CloseCodeValue): void {
     if (this.closing) return
     this.closing = true
-    try {
-      this.socket.close(code, CloseReason[code])
-    } catch {
-      this.socket.terminate()
-    }
+    // Sessions exist only for open sockets, so close() cannot throw here.
+    this.socket.close(code, CloseReason[code])
   }
 
   ping (): void {

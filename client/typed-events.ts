@@ -1,0 +1,67 @@
+import type { Alert } from './protocol.js'
+
+export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed' | 'logged-out'
+
+export interface StateChange {
+  /**
+   * connecting: an attempt is under way; open: welcomed by the server;
+   * reconnecting: waiting `retryInMs` before the next attempt; closed:
+   * stopped (close(), or a close code that must not loop); logged-out: 4403.
+   */
+  state: ConnectionState
+  /** The close code that led here, when a session ended. */
+  code?: number
+  /** reconnecting: milliseconds until the next attempt. */
+  retryInMs?: number
+}
+
+export interface ClientError {
+  /**
+   * token: getToken() failed; socket: the WebSocket could not be created;
+   * timeout: no welcome or no pong in time (the link is dead); closed: the
+   * server ended the session with a code that stops the client; server: an
+   * `error` frame; protocol: a frame the client cannot read.
+   */
+  kind: 'token' | 'socket' | 'timeout' | 'closed' | 'server' | 'protocol'
+  message: string
+  /** The close code (kind closed) or the server's error code (kind server). */
+  code?: number | string
+}
+
+export interface ClientEvents {
+  alert: Alert
+  state: StateChange
+  error: ClientError
+}
+
+export type Listener<T> = (value: T) => void
+
+/**
+ * A minimal typed event emitter (no EventTarget: the same code runs in
+ * browsers and Node). A listener that throws does not stop the others: its
+ * exception is rethrown on a microtask, where the host reports it.
+ */
+export class TypedEvents<E> {
+  readonly #listeners = new Map<keyof E, Set<Listener<never>>>()
+
+  /** Adds a listener; returns the function that removes it. */
+  on<K extends keyof E> (event: K, listener: Listener<E[K]>): () => void {
+    let set = this.#listeners.get(event)
+    if (set === undefined) {
+      set = new Set()
+      this.#listeners.set(event, set)
+    }
+    set.add(listener)
+    return () => { set.delete(listener) }
+  }
+
+  protected emit<K extends keyof E> (event: K, value: E[K]): void {
+    for (const listener of [...this.#listeners.get(event) ?? []]) {
+      try {
+        (listener as Listener<E[K]>)(value)
+      } catch (err) {
+        queueMicrotask(() => { throw err })
+      }
+    }
+  }
+}

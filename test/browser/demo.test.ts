@@ -1,0 +1,124 @@
+import { randomUUID } from 'node:crypto'
+import { existsSync, mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import { buildApp } from '../../src/app.js'
+import { testConfig } from '../helpers/config.js'
+import { freePort } from '../helpers/free-port.js'
+import { publish } from '../helpers/http.js'
+import { serviceToken } from '../helpers/tokens.js'
+
+// Launching Chromium and compiling the page's modules on first load take a while on a busy machine.
+t.setTimeout(120_000)
+
+const CHROMIUM = '/usr/bin/chromium'
+const SCREENSHOT = fileURLToPath(new URL('../../test-output/demo.png', import.meta.url))
+const XSS_TITLE = '<img src=x onerror="window.__xss=1">'
+
+/** Upgrade attempts that reached the gateway, whatever their outcome. */
+async function upgradesSeen (url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  return text.split('\n')
+    .filter((line) => line.startsWith('ws_connections_total{'))
+    .reduce((sum, line) => sum + Number(line.split(' ')[1]), 0)
+}
+
+async function gateway (port: number, listen: boolean): Promise<FastifyInstance> {
+  const app = await buildApp(testConfig(), { defaultMetrics: false })
+  t.teardown(() => app.close())
+  if (listen) await app.listen({ host: '127.0.0.1', port })
+  else await app.ready()
+  return app
+}
+
+t.test('the demo page in Chromium', {
+  skip: existsSync(CHROMIUM) ? false : `no browser at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) to run the browser tests`
+}, async (t) => {
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  let app = await gateway(port, true)
+
+  const { chromium } = await import('playwright-core')
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run']
+  })
+  t.teardown(() => browser.close())
+  const page = await browser.newPage({ viewport: { width: 1000, height: 1000 } })
+  const pageErrors: string[] = []
+  page.on('pageerror', (error) => pageErrors.push(error.message))
+  let sockets = 0
+  page.on('websocket', () => { sockets++ })
+
+  const sub = `browser-${randomUUID().slice(0, 8)}`
+  const state = async (value: string, timeout = 10000): Promise<void> => {
+    await page.waitForSelector(`#state[data-state="${value}"]`, { timeout })
+  }
+  const alertTitles = async (): Promise<string[]> => page.$$eval('#alerts li .title', (items) => items.map((i) => i.textContent ?? ''))
+
+  await t.test('the page logs in and connects', async (t) => {
+    await page.goto(base)
+    await page.fill('#sub', sub)
+    await page.click('#login-button')
+    await state('open')
+    t.match(await page.textContent('#user'), sub)
+    t.equal(sockets, 1, 'one WebSocket')
+  })
+
+  await t.test('an alert published over REST appears, in its severity colour', async (t) => {
+    const answer = await publish(base, serviceToken(), { target: { userId: sub }, severity: 'warning', title: 'Disk almost full', body: 'db-1 is at 92%' })
+    t.equal(answer.status, 202)
+    await page.waitForSelector(`#alerts li[data-id="${String(answer.body.id)}"]`, { timeout: 5000 })
+    t.same(await alertTitles(), ['Disk almost full'])
+    t.equal(await page.getAttribute('#alerts li', 'class'), 'alert severity-warning')
+    t.equal(await page.textContent('#alerts li .body'), 'db-1 is at 92%')
+  })
+
+  await t.test('markup in an alert is shown as text and runs nothing', async (t) => {
+    // Published through the page's own form: a service token from /dev/token, then POST /alerts.
+    await page.selectOption('#severity', 'critical')
+    await page.selectOption('#target', 'me')
+    await page.fill('#title', XSS_TITLE)
+    await page.click('#publish-button')
+    await page.waitForFunction(() => document.querySelectorAll('#alerts li').length === 2, undefined, { timeout: 5000 })
+    t.match(await page.textContent('#publish-result'), /^202 \{"id":/)
+    t.same(await alertTitles(), [XSS_TITLE, 'Disk almost full'], 'the title is the literal text, newest first')
+    t.equal(await page.getAttribute('#alerts li', 'class'), 'alert severity-critical')
+    t.equal(await page.evaluate(() => document.querySelectorAll('img').length), 0, 'no img element exists')
+    t.equal(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss), undefined, 'no handler ran')
+    mkdirSync(dirname(SCREENSHOT), { recursive: true })
+    await page.screenshot({ path: SCREENSHOT, fullPage: true })
+    t.ok(existsSync(SCREENSHOT), `screenshot with two alerts: ${SCREENSHOT}`)
+  })
+
+  await t.test('the page reconnects by itself when the gateway stops and starts again', async (t) => {
+    const next = await gateway(port, false)
+    await app.close()
+    await state('reconnecting')
+    await next.listen({ host: '127.0.0.1', port })
+    app = next
+    await state('open', 20000)
+    t.equal(app.sessions.size, 1, 'connected to the new instance')
+    const answer = await publish(base, serviceToken(), { target: { all: true }, severity: 'info', title: 'Back after the restart' })
+    await page.waitForSelector(`#alerts li[data-id="${String(answer.body.id)}"]`, { timeout: 5000 })
+    t.equal((await alertTitles())[0], 'Back after the restart')
+  })
+
+  await t.test('logout stops the page from reconnecting', async (t) => {
+    const socketsBefore = sockets
+    const upgradesBefore = await upgradesSeen(base)
+    await page.click('#logout')
+    await state('logged-out')
+    t.match(await page.textContent('#state'), 'logged-out (close code 4403)')
+    // A reconnect would come within the first backoff step (0.5 s at most): wait three times that.
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    t.equal(sockets, socketsBefore, 'the page opened no other WebSocket')
+    t.equal(await upgradesSeen(base), upgradesBefore, 'no upgrade attempt reached the gateway')
+    t.equal(app.sessions.size, 0)
+    t.equal(await page.getAttribute('#state', 'data-state'), 'logged-out', 'still logged out')
+  })
+
+  t.same(pageErrors, [], 'no script error on the page')
+})

@@ -1,0 +1,66 @@
+import t from 'tap'
+import { createVerifier } from 'fast-jwt'
+import { build } from '../helpers/build.js'
+import { TEST_SECRET } from '../helpers/tokens.js'
+
+t.test('the demo page, its stylesheet and the compiled client modules are served in development', async (t) => {
+  const { url } = await build(t)
+  const page = await fetch(`${url}/`)
+  t.equal(page.status, 200)
+  t.match(page.headers.get('content-type'), /^text\/html/)
+  t.match(page.headers.get('content-security-policy'), /script-src 'self'/, 'under the CSP: no inline script allowed')
+  const html = await page.text()
+  t.match(html, '<script type="module" src="/client/demo/app.js"></script>')
+  t.notMatch(html, /<script(?![^>]*\ssrc=)[^>]*>/, 'no inline script element')
+
+  const css = await fetch(`${url}/demo.css`)
+  t.equal(css.status, 200)
+  t.match(css.headers.get('content-type'), /^text\/css/)
+  t.match(await css.text(), '.severity-critical')
+
+  for (const path of ['/client/index.js', '/client/alert-client.js', '/client/demo/app.js']) {
+    const res = await fetch(url + path)
+    t.equal(res.status, 200, path)
+    t.match(res.headers.get('content-type'), /^text\/javascript/)
+    t.equal(res.headers.get('cache-control'), 'no-cache', 'always the current source')
+    const js = await res.text()
+    t.notMatch(js, /^import type|: string\)|interface /m, `${path}: types are stripped`)
+    t.match(js, /sourceMappingURL=data:application\/json/, `${path}: with an inline source map`)
+  }
+  t.match(await (await fetch(`${url}/client/index.js`)).text(), /export function connect\(options\)/)
+})
+
+t.test('nothing else under /client: no other file types, no way out of the folder', async (t) => {
+  const { url } = await build(t)
+  for (const path of ['/client/index.ts', '/client/demo/index.html', '/client/Index.js', '/client/%2e%2e/src/app.js',
+    '/client/..%2fsrc%2fapp.js', '/client/', '/client/missing.js', '/client/demo/missing.js', '/index.html']) {
+    t.equal((await fetch(url + path)).status, 404, path)
+  }
+})
+
+t.test('POST /dev/token mints user and service tokens with the configured secret', async (t) => {
+  const { url } = await build(t)
+  const verify = createVerifier({ key: TEST_SECRET, algorithms: ['HS256'] })
+  const mint = async (body: unknown): Promise<Response> => fetch(`${url}/dev/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body)
+  })
+  const user = verify(((await (await mint({ sub: 'alice' })).json()) as { token: string }).token)
+  t.equal(user.sub, 'alice')
+  t.notOk('scope' in user)
+  t.equal(user.exp - user.iat, 3600)
+  const service = verify(((await (await mint({ sub: 'svc', service: true })).json()) as { token: string }).token)
+  t.equal(service.scope, 'alerts:publish')
+  t.equal((await mint({ sub: 'no spaces' })).status, 400)
+  t.equal((await mint({ sub: 'x', admin: true })).status, 400)
+})
+
+t.test('not served in production', async (t) => {
+  const { url } = await build(t, { env: { NODE_ENV: 'production', SINGLE_INSTANCE: 'true', TRUST_PROXY: '127.0.0.1' } })
+  for (const path of ['/', '/demo.css', '/client/index.js']) {
+    t.equal((await fetch(url + path, { headers: { 'x-forwarded-proto': 'https' } })).status, 404, path)
+  }
+  const token = await fetch(`${url}/dev/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'x-forwarded-proto': 'https' }, body: '{"sub":"x"}'
+  })
+  t.equal(token.status, 404)
+})

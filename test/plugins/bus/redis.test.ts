@@ -1,0 +1,87 @@
+import t from 'tap'
+import { Redis } from 'ioredis'
+import pino from 'pino'
+import { Writable } from 'node:stream'
+import { RedisBus } from '../../../plugins/bus/redis.js'
+import type { UserEvent } from '../../../plugins/bus/types.js'
+import { RedisServer } from '../../helpers/redis-server.js'
+
+type T = Parameters<typeof RedisServer.start>[0]
+
+async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+function bus (t: T, url: string, id: string, lines: string[] = []): RedisBus {
+  const log = pino({ level: 'debug' }, new Writable({ write (c, _e, cb) { lines.push(c.toString()); cb() } }))
+  const created = new RedisBus({ url, instanceId: id.padEnd(16, '0'), prefix: 'b:', log, commandTimeoutMs: 500 })
+  t.teardown(() => created.close())
+  return created
+}
+
+t.test('events between two buses', async (t) => {
+  const redis = await RedisServer.start(t)
+  const errors: string[] = []
+  const a = bus(t, redis.url, 'a', errors)
+  const b = bus(t, redis.url, 'b')
+  const seen: Array<[string, UserEvent]> = []
+  b.setHandlers({ onBroadcast: () => {}, onUserEvent: (userId, event) => { seen.push([userId, event]) } })
+  a.setHandlers({ onBroadcast: () => { throw new Error('handler bug') }, onUserEvent: () => {} })
+  await Promise.all([a.start(), b.start()])
+  await until('both connected', () => a.connected && b.connected)
+
+  await b.watchUser('u1')
+  await b.watchUser('u1')
+  b.unwatchUser('u1')
+  b.unwatchUser('nobody')
+  await a.publishUser('u1', { type: 'logout', before: 42 })
+  await a.publishUser('u1', { type: 'claim', generation: 7 })
+  await until('two events', () => seen.length === 2)
+  t.same(seen, [['u1', { type: 'logout', before: 42 }], ['u1', { type: 'claim', generation: 7 }]], 'still watched after one of two unwatches')
+
+  await b.publishBroadcast(Buffer.from('{}'))
+  await until('the handler error is logged', () => errors.some((l) => l.includes('bus message handler failed')))
+  t.pass('a throwing handler is logged, not fatal')
+
+  b.unwatchUser('u1')
+  await b.publishBroadcast(Buffer.from('{}')) // an ordering barrier on b's connections
+  await a.publishUser('u1', { type: 'claim', generation: 8 })
+  await a.publishBroadcast(Buffer.from('{}'))
+  await new Promise((resolve) => setTimeout(resolve, 0))
+  t.equal(seen.length, 2, 'after the last unwatch nothing arrives for the user')
+
+  t.equal(await a.nextGeneration('u2'), 1)
+  t.equal(await b.nextGeneration('u2'), 2, 'generations are cluster-wide')
+  await a.revoke('u2', 100, 60)
+  t.equal(await b.revokedBefore('u2'), 100)
+  t.equal(await b.revokedBefore('u3'), null)
+})
+
+t.test('while Redis is down or hung', async (t) => {
+  const redis = await RedisServer.start(t)
+  const a = bus(t, redis.url, 'c')
+  await a.start()
+  await until('connected', () => a.connected)
+  t.equal(await a.ping(), true)
+
+  // A hung server: the ping times out, so /ready reports it.
+  const other = new Redis(redis.url)
+  t.teardown(() => other.disconnect())
+  await other.call('CLIENT', 'PAUSE', '1500', 'ALL')
+  t.equal(await a.ping(), false, 'a hung Redis is not ready')
+  await until('awake', async () => await a.ping())
+
+  await redis.stop()
+  await until('disconnected', () => !a.connected)
+  t.equal(await a.ping(), false)
+  await t.rejects(a.watchUser('u'), 'no subscription without Redis')
+  await t.rejects(a.nextGeneration('u'))
+  await redis.start()
+  await until('reconnected', () => a.connected)
+  await a.watchUser('u')
+  t.pass('a later watch subscribes again')
+})

@@ -1,0 +1,55 @@
+import t from 'tap'
+import type { Socket } from 'node:net'
+import WebSocket from 'ws'
+import { build } from '../helpers/build.js'
+import { userToken } from '../helpers/tokens.js'
+import { TestClient } from '../helpers/ws-client.js'
+
+// Races of the cluster, ordered by hand through the app's own objects.
+
+t.test('a connection overtaken by a newer claim before it completed is closed with 4409', async (t) => {
+  const { app, wsUrl } = await build(t)
+  await app.claims.claim('racer')
+  app.claims.onRemoteClaim('racer', 50)
+  const { client } = await TestClient.connect(wsUrl, { token: userToken('racer') })
+  t.equal((await client.waitClosed()).code, 4409)
+  app.claims.release('racer')
+})
+
+t.test('a session whose announcement fails stays open (the claim is already taken)', async (t) => {
+  const { app, wsUrl } = await build(t, { captureLogs: 'warn' })
+  app.bus.publishUser = async () => { throw new Error('bus down') }
+  const { client } = await TestClient.connect(wsUrl, { token: userToken('quiet') })
+  client.send({ type: 'ping', id: 1 })
+  t.same(await client.next('pong'), { type: 'pong', id: 1 })
+})
+
+t.test('a client gone while its claim was pending leaves no slot behind', async (t) => {
+  const { app, wsUrl } = await build(t, { env: { MAX_CONNECTIONS_PER_IP: '1' } })
+  const original = app.claims.claim.bind(app.claims)
+  let reached!: () => void
+  let proceed!: () => void
+  const atClaim = new Promise<void>((resolve) => { reached = resolve })
+  const gate = new Promise<void>((resolve) => { proceed = resolve })
+  app.claims.claim = async (userId: string) => {
+    reached()
+    await gate
+    return original(userId)
+  }
+  let serverSide: Socket | undefined
+  app.server.once('upgrade', (_req: unknown, socket: Socket) => { serverSide = socket })
+  const leaver = new WebSocket(TestClient.url(wsUrl, userToken('leaver')))
+  leaver.on('error', () => {})
+  await atClaim
+  t.equal(app.lifecycle.pendingHandshakes, 1, 'the upgrade waits at its claim')
+  // The connection breaks (a reset) while the claim is pending.
+  serverSide?.destroy()
+  await new Promise((resolve) => serverSide?.once('close', resolve))
+  t.equal(app.lifecycle.pendingHandshakes, 0, 'the pending handshake is settled on close')
+  app.claims.claim = original
+  proceed()
+  // The address slot the leaver took is free again, so the only allowed
+  // connection of 127.0.0.1 can be made.
+  const { welcome } = await TestClient.connect(wsUrl, { token: userToken('stayer') })
+  t.equal(welcome.userId, 'stayer')
+})
