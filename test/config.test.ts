@@ -324,6 +324,7 @@ t.test('JWT_PUBLIC_KEY_FILE problems', async (t) => {
 
 t.test('TLS files come in pairs', async (t) => {
   refuses(t, withSecret({ TLS_CERT_FILE: READABLE_CERT }), 'TLS_KEY_FILE')
+  t.match(refuses(t, withSecret({ TLS_CERT_FILE: '/nonexistent/cert.pem', TLS_KEY_FILE: READABLE_KEY }), 'TLS_CERT_FILE').message, /cannot read \/nonexistent\/cert\.pem \(ENOENT\)/)
   refuses(t, withSecret({ TLS_KEY_FILE: READABLE_KEY }), 'TLS_CERT_FILE')
   refuses(t, withSecret({ TLS_CERT_FILE: READABLE_CERT, TLS_KEY_FILE: '' }), 'TLS_KEY_FILE')
 })

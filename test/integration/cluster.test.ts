@@ -118,6 +118,9 @@ t.test('Redis outage and recovery', async (t) => {
   t.equal(onA.ws.readyState, onA.ws.OPEN, 'open sockets survive the outage')
   t.equal(onB.ws.readyState, onB.ws.OPEN)
   t.equal((await TestClient.refused(a.wsUrl, { token: userToken('new') })).status, 503, 'new upgrades cannot be coordinated')
+  const logout = await fetch(`${a.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('hana')}` } })
+  t.equal(logout.status, 503, 'a logout that cannot be stored cluster-wide is refused, not half done')
+  t.equal(onA.ws.readyState, onA.ws.OPEN, 'and closes nothing')
 
   await redis.start()
   await waitForStatus(`${a.url}/ready`, 200, 15000)

@@ -16,10 +16,10 @@ async function jwksServer (t: Parameters<typeof build>[0]): Promise<{ url: strin
   const keys: object[] = []
   const status = { code: 200 }
   let fetches = 0
-  const server = createServer((_req, res) => {
+  const server = createServer((req, res) => {
     fetches++
     res.writeHead(status.code, { 'content-type': 'application/json' })
-    res.end(JSON.stringify({ keys }))
+    res.end(JSON.stringify(req.url?.endsWith('/nothing') === true ? {} : { keys }))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
@@ -54,6 +54,9 @@ t.test('an unknown kid refetches the key set once the interval has passed (rotat
   const { wsUrl } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url } })
   endpoint.status.code = 503
   const rotated = rsa()
+  const empty = await jwksServer(t)
+  const emptyGateway = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: empty.url.replace(/jwks\.json$/, 'nothing') } })
+  t.equal((await TestClient.refused(emptyGateway.wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: rotated.privateKey, header: { kid: 'k2' } }) })).status, 401, 'a key set without keys verifies nothing')
   const token = signJwt(claims('rotated'), { alg: 'RS256', key: rotated.privateKey, header: { kid: 'k2' } })
   t.equal((await TestClient.refused(wsUrl, { token })).status, 401, 'endpoint down -> 401')
   endpoint.status.code = 200
