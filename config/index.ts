@@ -121,9 +121,10 @@ function keyAlgorithms (pem: string, file: string): string[] {
   } catch {
     throw new ConfigError('JWT_PUBLIC_KEY_FILE', `${file} is not a PEM public key`)
   }
+  // Every key createPublicKey returns has a type, and an EC key a curve.
   const family = key.asymmetricKeyType === 'ec'
-    ? EC_CURVES[key.asymmetricKeyDetails?.namedCurve ?? '']
-    : KEY_FAMILIES[key.asymmetricKeyType ?? '']
+    ? EC_CURVES[key.asymmetricKeyDetails?.namedCurve as string]
+    : KEY_FAMILIES[key.asymmetricKeyType as string]
   if (family === undefined) {
     throw new ConfigError('JWT_PUBLIC_KEY_FILE', `unsupported key (${key.asymmetricKeyType} ${key.asymmetricKeyDetails?.namedCurve ?? ''})`.replace(' )', ')'))
   }

@@ -61,11 +61,10 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     spike.record()
     if (!lifecycle.accepting) throw new ShuttingDownError()
     if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
-    const socket = request.raw.socket as Socket | undefined
-    if (socket?.destroyed === true) throw new ClientGoneError()
     lifecycle.pendingHandshakes++
     request.wsPending = true
-    socket?.once('close', () => settle(request))
+    // onRequest runs in the same tick as the upgrade event: the socket is live.
+    request.raw.socket?.once('close', () => settle(request))
   }
 
   async function checkOrigin (request: FastifyRequest): Promise<void> {
@@ -127,7 +126,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       release(reservation)
     })
 
-    if (socket.readyState !== socket.OPEN) return
+    // ws hands over only sockets that completed the handshake (open).
     registry.add(session)
     metrics.connection('accepted')
     const welcome: WelcomeFrame = {

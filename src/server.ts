@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import type { Server as HttpsServer } from 'node:https'
 import closeWithGrace from 'close-with-grace'
-import { ConfigError, loadConfig, type GatewayConfig } from '../config/index.js'
+import { loadConfig, type GatewayConfig } from '../config/index.js'
 import { buildApp } from './app.js'
 import { printDevelopmentHelp } from './dev-help.js'
 
@@ -9,11 +9,9 @@ let config: GatewayConfig
 try {
   config = loadConfig()
 } catch (err) {
-  if (err instanceof ConfigError) {
-    process.stderr.write(`invalid configuration: ${err.message}\n`)
-    process.exit(1)
-  }
-  throw err
+  // loadConfig throws ConfigError only: one line naming the variable.
+  process.stderr.write(`invalid configuration: ${(err as Error).message}\n`)
+  process.exit(1)
 }
 
 const app = await buildApp(config)

@@ -206,6 +206,7 @@ t.test('invalid values throw a one-line ConfigError naming the variable', async 
   refuses(t, withSecret({ MAX_CONNECTIONS_PER_USER: '0' }), 'MAX_CONNECTIONS_PER_USER')
   refuses(t, withSecret({ SHUTDOWN_TIMEOUT_MS: 'soon' }), 'SHUTDOWN_TIMEOUT_MS')
   refuses(t, withSecret({ SINGLE_INSTANCE: 'maybe' }), 'SINGLE_INSTANCE')
+  t.match(refuses(t, withSecret({ SPIKE_FACTOR: 'lots' }), 'SPIKE_FACTOR').message, /must be a number/)
   refuses(t, withSecret({ REDIS_URL: 'http://redis:6379' }), 'REDIS_URL')
   refuses(t, withSecret({ HOST: '   ' }), 'HOST')
   refuses(t, { NODE_ENV: 'test', JWT_JWKS_URL: 'ftp://idp.example/jwks' }, 'JWT_JWKS_URL')
@@ -273,6 +274,7 @@ t.test('JWT_ALGORITHMS', async (t) => {
 t.test('exactly one key source', async (t) => {
   const dir = t.testdir()
   const rsa = keyFile(dir, 'rsa.pem', publicPem(generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey))
+  t.match(refuses(t, { NODE_ENV: 'test', JWT_PUBLIC_KEY_FILE: rsa, JWT_ALGORITHMS: 'ES256' }, 'JWT_ALGORITHMS').message, /ES256 cannot be verified with the key/)
   const both = refuses(t, { NODE_ENV: 'test', JWT_SECRET: TEST_SECRET, JWT_PUBLIC_KEY_FILE: rsa }, 'JWT_PUBLIC_KEY_FILE')
   t.match(both.message, /exactly one/)
   t.match(both.message, /JWT_SECRET/)

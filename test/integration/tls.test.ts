@@ -95,4 +95,7 @@ t.test('SIGHUP reloads the certificate without dropping open sockets', async (t)
   })
   const { welcome: still } = await TestClient.connect(gateway.wsUrl, { token: userToken('after-failure'), ca: second.ca })
   t.equal(still.userId, 'after-failure', 'a failed reload keeps the current certificate')
+  // A clean exit, so the child's coverage is written.
+  gateway.child.kill('SIGTERM')
+  t.equal((await gateway.exited).code, 0)
 })

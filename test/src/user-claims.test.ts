@@ -33,4 +33,6 @@ t.test('claims seen before our own generation arrives supersede it', async (t) =
   claims.onRemoteClaim('u', generation)
   t.ok(claims.superseded('u', generation), 'an older claim does not lower the newest')
   claims.release('u')
+  claims.release('never-claimed')
+  t.notOk(claims.superseded('never-claimed', 1), 'releasing an unknown user is harmless')
 })

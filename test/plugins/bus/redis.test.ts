@@ -54,6 +54,16 @@ t.test('events between two buses', async (t) => {
   await new Promise((resolve) => setTimeout(resolve, 0))
   t.equal(seen.length, 2, 'after the last unwatch nothing arrives for the user')
 
+  // A bus nobody gave handlers to ignores what it receives.
+  const bare = bus(t, redis.url, 'd')
+  await bare.start()
+  await until('bare connected', () => bare.connected)
+  await bare.watchUser('u4')
+  await a.publishBroadcast(Buffer.from('{}'))
+  await a.publishUser('u4', { type: 'alert', frame: Buffer.from('{}') })
+  await bare.nextGeneration('barrier')
+  t.pass('no handlers, no crash')
+
   t.equal(await a.nextGeneration('u2'), 1)
   t.equal(await b.nextGeneration('u2'), 2, 'generations are cluster-wide')
   await a.revoke('u2', 100, 60)
