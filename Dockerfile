@@ -11,6 +11,7 @@ COPY src ./src
 COPY plugins ./plugins
 COPY routes ./routes
 COPY scripts ./scripts
+COPY client ./client
 RUN npm run build
 
 # Runtime stage: production dependencies and the compiled code only.

@@ -1,7 +1,6 @@
 /**
- * The gateway's wire contract as the client sees it (README "Protocol" and
- * "Close codes"). A copy, not an import: the SDK ships without the server.
- * test/client/protocol.test.ts keeps the two in step.
+ * The gateway's wire contract (README "Protocol" and "Close codes"), defined
+ * here once: the server imports it, and the SDK ships without the server.
  */
 
 export type Severity = 'info' | 'warning' | 'critical'

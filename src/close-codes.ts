@@ -1,23 +1,23 @@
-/** WebSocket close codes of the public contract (README "Close codes"). */
-export const CloseCode = {
-  SHUTTING_DOWN: 1001,
-  PROTOCOL_ERROR: 1002,
-  BINARY_FRAME: 1003,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-  OVERLOADED: 1013,
-  TOKEN_EXPIRED: 4401,
-  LOGGED_OUT: 4403,
-  REPLACED: 4409
-} as const
+import { CloseCode } from '../client/protocol.js'
 
-export type CloseCodeValue = typeof CloseCode[keyof typeof CloseCode]
+/** WebSocket close codes of the public contract, defined once (client/protocol.ts). */
+export { CloseCode }
+
+/** The codes this server sends itself (1002, 1007 come from the ws layer). */
+export type CloseCodeValue =
+  | typeof CloseCode.SHUTTING_DOWN
+  | typeof CloseCode.BINARY_FRAME
+  | typeof CloseCode.POLICY_VIOLATION
+  | typeof CloseCode.MESSAGE_TOO_BIG
+  | typeof CloseCode.INTERNAL_ERROR
+  | typeof CloseCode.OVERLOADED
+  | typeof CloseCode.TOKEN_EXPIRED
+  | typeof CloseCode.LOGGED_OUT
+  | typeof CloseCode.REPLACED
 
 /** Short close reasons sent with each code (at most 123 bytes by RFC 6455). */
 export const CloseReason: Record<CloseCodeValue, string> = {
   1001: 'server shutting down',
-  1002: 'protocol error',
   1003: 'binary frames are not accepted',
   1008: 'policy violation',
   1009: 'message too big',

@@ -52,25 +52,8 @@ export const PublishResultSchema = Type.Object({
   delivered: Type.Integer({ minimum: 0 })
 })
 
-/** An alert as written to clients (`type: "alert"`). `ts` is epoch milliseconds. */
-export interface AlertFrame {
-  type: 'alert'
-  id: string
-  ts: number
-  severity: Static<typeof SeveritySchema>
-  title: string
-  body?: string
-  data?: Record<string, unknown>
-}
-
-export interface WelcomeFrame {
-  type: 'welcome'
-  connectionId: string
-  userId: string
-  heartbeatMs: number
-  reauthMs: number
-  maxMessageBytes: number
-}
+/** Frames as written to clients, defined once with the client (client/protocol.ts). */
+export type { Alert as AlertFrame, Welcome as WelcomeFrame } from '../client/protocol.js'
 
 /** Codes of `error` replies. */
 export const MessageErrorCode = {

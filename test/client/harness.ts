@@ -1,25 +1,14 @@
 import { once } from 'node:events'
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net'
 import WebSocket, { WebSocketServer } from 'ws'
+import { withTimeout } from '../helpers/timeout.js'
 import { connect, type AlertClient, type Alert, type ClientError, type ConnectOptions, type StateChange, type WebSocketConstructor, type WebSocketLike } from '../../client/index.js'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
 }
 
-export async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<T>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
-      })
-    ])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+export { withTimeout }
 
 /** A `ws` class that counts the sockets the client creates (its connect attempts). */
 export function countingWs (Base: WebSocketConstructor = WebSocket): { WebSocket: WebSocketConstructor, urls: string[] } {

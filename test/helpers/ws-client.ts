@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import WebSocket from 'ws'
+import { withTimeout } from './timeout.js'
 
 export interface OpenOptions {
   token?: string
@@ -20,16 +21,6 @@ export interface Refusal {
 export interface Closed {
   code: number
   reason: string
-}
-
-function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout
-  return Promise.race([
-    promise,
-    new Promise<T>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
-    })
-  ]).finally(() => clearTimeout(timer))
 }
 
 /**

@@ -8,6 +8,7 @@ import WebSocket from 'ws'
 import { build, type Built } from '../helpers/build.js'
 import { RedisServer } from '../helpers/redis-server.js'
 import { nowSec, serviceToken, signJwt, userToken } from '../helpers/tokens.js'
+import { withTimeout } from '../helpers/timeout.js'
 import { TestClient } from '../helpers/ws-client.js'
 
 // Heartbeat, re-auth and expiry rounds run in real time: about 20 s alone, more on a busy machine.
@@ -15,20 +16,6 @@ t.setTimeout(120_000)
 
 /** A user id no other test uses: the connect-attempt limit is per user. */
 const newUser = (): string => `user-${randomUUID()}`
-
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<T>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
-      })
-    ])
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 /** Polls a condition (server state seen from outside), failing after `ms`. */
 async function waitUntil (condition: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
