@@ -1,0 +1,144 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import http from 'node:http'
+import { connect, createServer } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import { Rpc } from './ipc.mjs'
+
+const PROBE = fileURLToPath(new URL('../probe.mjs', import.meta.url))
+const CLOCK_TICK_US = 10000 // USER_HZ is 100 on Linux
+
+/** Every process started here that is still running, for a last-resort kill. */
+export const spawned = new Set()
+
+function tracked (child) {
+  spawned.add(child)
+  child.once('exit', () => spawned.delete(child))
+  return child
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export function freePort () {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** user+system CPU of any process, from /proc (10 ms resolution). */
+export function procCpuUs (pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_US
+  } catch {
+    return NaN
+  }
+}
+
+function getStatus (url) {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      res.resume()
+      resolve(res.statusCode)
+    })
+    req.on('error', () => resolve(0))
+    req.setTimeout(2000, () => req.destroy())
+  })
+}
+
+async function stopChild (child, exited, graceMs) {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  if (graceMs > 0) {
+    child.kill('SIGTERM')
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+    await exited
+    clearTimeout(timer)
+    return
+  }
+  child.kill('SIGKILL')
+  await exited
+}
+
+/** A private redis-server on a free port, nothing on disk. Never 6379. */
+export async function startRedis () {
+  const port = await freePort()
+  const child = tracked(spawn('redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--protected-mode', 'no', '--loglevel', 'warning', '--maxclients', '10000'
+  ], { stdio: ['ignore', 'pipe', 'pipe'] }))
+  const exited = once(child, 'exit')
+  let output = ''
+  child.stdout.on('data', (c) => { output = (output + c).slice(-4000) })
+  child.stderr.on('data', (c) => { output = (output + c).slice(-4000) })
+  const deadline = Date.now() + 10000
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`redis-server exited: ${output}`)
+    const ok = await new Promise((resolve) => {
+      const socket = connect(port, '127.0.0.1')
+      socket.setTimeout(1000, () => socket.destroy())
+      socket.once('connect', () => socket.write('PING\r\n'))
+      socket.once('data', (data) => {
+        resolve(data.toString().startsWith('+PONG'))
+        socket.destroy()
+      })
+      socket.once('error', () => resolve(false))
+      socket.once('close', () => resolve(false))
+    })
+    if (ok) break
+    if (Date.now() > deadline) throw new Error(`redis-server did not start: ${output}`)
+    await sleep(50)
+  }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    pid: child.pid,
+    cpuUs: () => procCpuUs(child.pid),
+    stop: () => stopChild(child, exited, 0)
+  }
+}
+
+/**
+ * Spawns one server under test with the probe preloaded and an IPC channel,
+ * and waits until `readyPath` answers 200.
+ */
+export async function startServer ({ name, nodeArgs = [], script, env, port, readyPath = '/ready', cwd, graceMs = 0 }) {
+  const child = tracked(spawn(process.execPath, ['--expose-gc', `--import=${PROBE}`, ...nodeArgs, script], {
+    cwd, env, stdio: ['ignore', 'pipe', 'pipe', 'ipc']
+  }))
+  const exited = once(child, 'exit')
+  let output = ''
+  const keep = (chunk) => { output = (output + chunk).slice(-16000) }
+  child.stdout.on('data', keep)
+  child.stderr.on('data', keep)
+  const baseUrl = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + 60000
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${name} exited before it was ready:\n${output}`)
+    if (await getStatus(baseUrl + readyPath) === 200) break
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL')
+      throw new Error(`${name} was not ready within 60 s:\n${output}`)
+    }
+    await sleep(100)
+  }
+  const probe = new Rpc(child, 'probeId')
+  return {
+    name,
+    pid: child.pid,
+    baseUrl,
+    output: () => output,
+    /** CPU, memory and loop delay as the process sees itself; `gc` runs a full GC first. */
+    stats: (opts = {}) => probe.call({ gc: opts.gc === true, resetLoop: opts.resetLoop === true }, 60000),
+    heapSnapshot: (file) => probe.call({ heapSnapshot: file }, 300000),
+    alive: () => child.exitCode === null && child.signalCode === null,
+    stop: () => stopChild(child, exited, graceMs)
+  }
+}

@@ -1,0 +1,596 @@
+#!/usr/bin/env node
+/**
+ * Benchmarks the gateway against a bare `ws` server and Socket.IO 4 in one
+ * run, with the same client processes, and prints the ratios.
+ *
+ *   node bench/run.mjs --quick   # ~1.5 min: 10k connections over 2 instances
+ *   node bench/run.mjs --full    # 10k fan-out stage, then 100k over 6 instances
+ *   node bench/run.mjs --smoke   # seconds; what the test suite runs
+ *
+ * Options (any stage field can be overridden): --systems=ws,sio,gateway
+ * --connections=N --instances=K --workers=W --broadcasts=N --single-rate=R
+ * --single-seconds=S --heartbeat-ms=MS --idle-ms=MS --stage=NAME
+ * --gateway-runtime=dist|ts  --gateway-script=FILE (another compiled build,
+ * for A/B runs)  --build (force tsc) --no-build
+ * --prof=DIR (CPU profiles of every server)  --heap-snapshot=DIR (one
+ * instance of each system, connections held)  --out=FILE (results JSON).
+ *
+ * Progress goes to stderr; stdout gets the machine line and one Markdown
+ * table per stage. See bench/README.md for the method.
+ */
+import { spawnSync } from 'node:child_process'
+import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { fileURLToPath } from 'node:url'
+import { Histogram } from './lib/histogram.mjs'
+import { forkWorker } from './lib/ipc.mjs'
+import { freePort, sleep, spawned, startRedis, startServer } from './lib/processes.mjs'
+import { BENCH_SECRET, serviceToken } from './lib/tokens.mjs'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const BENCH = fileURLToPath(new URL('.', import.meta.url))
+const now = () => performance.timeOrigin + performance.now()
+
+const SYSTEMS = {
+  ws: { label: 'ws (bare)', script: path.join(BENCH, 'references/ws-server.mjs') },
+  sio: { label: 'Socket.IO 4', script: path.join(BENCH, 'references/socketio-server.mjs') },
+  gateway: { label: 'gateway' }
+}
+
+/** Connections opened and closed before measuring: JIT and lazy state warm up. */
+const WARMUP_USER_BASE = 10_000_000
+/** At most this many client connections from one 127.x source address. */
+const PER_ADDRESS = 6000
+/** At most this many connections per client process (20k descriptors each). */
+const PER_WORKER = 15000
+
+const STAGE_DEFAULTS = {
+  instances: 2,
+  connections: 10000,
+  workers: 2,
+  warmup: 500,
+  concurrency: 100,
+  heartbeatMs: 5000,
+  idleMs: 5000,
+  settleMs: 1000,
+  broadcasts: 20,
+  broadcastConcurrency: 4,
+  singleRate: 500,
+  singleSeconds: 5,
+  drainMs: 30000,
+  connectTimeoutMs: 30000
+}
+
+const PROFILES = {
+  smoke: {
+    limitMinutes: 2,
+    stages: [{
+      name: 'smoke',
+      connections: 200,
+      workers: 1,
+      warmup: 20,
+      concurrency: 50,
+      heartbeatMs: 5000,
+      idleMs: 1000,
+      settleMs: 200,
+      broadcasts: 3,
+      broadcastConcurrency: 2,
+      singleRate: 100,
+      singleSeconds: 1,
+      drainMs: 5000
+    }]
+  },
+  quick: {
+    limitMinutes: 6,
+    stages: [{ name: 'quick' }]
+  },
+  full: {
+    limitMinutes: 60,
+    stages: [
+      { name: 'fan-out', instances: 2, connections: 10000, heartbeatMs: 30000, idleMs: 0, broadcasts: 50, singleRate: 1000, singleSeconds: 10 },
+      {
+        name: 'hold',
+        instances: 6,
+        connections: 100000,
+        workers: 7,
+        warmup: 1000,
+        heartbeatMs: 30000,
+        idleMs: 31000,
+        settleMs: 3000,
+        broadcasts: 0,
+        singleRate: 1000,
+        singleSeconds: 40,
+        connectTimeoutMs: 60000
+      }
+    ]
+  }
+}
+
+function parseArgs (argv) {
+  const opts = { profile: 'quick', overrides: {}, build: 'auto', gatewayRuntime: 'dist', systems: ['ws', 'sio', 'gateway'] }
+  for (const arg of argv) {
+    const [key, value] = arg.replace(/^--/, '').split('=')
+    if (key in PROFILES) opts.profile = key
+    else if (key === 'build') opts.build = 'always'
+    else if (key === 'no-build') opts.build = 'never'
+    else if (key === 'gateway-runtime') opts.gatewayRuntime = value
+    else if (key === 'gateway-script') opts.gatewayScript = path.resolve(value)
+    else if (key === 'systems') opts.systems = value.split(',')
+    else if (key === 'prof') opts.prof = path.resolve(value)
+    else if (key === 'heap-snapshot') opts.heapSnapshot = path.resolve(value)
+    else if (key === 'out') opts.out = path.resolve(value)
+    else if (key === 'stage') opts.stage = value
+    else if (value !== undefined) {
+      const field = key.replace(/-([a-z])/g, (_, c) => c.toUpperCase())
+      if (!(field in STAGE_DEFAULTS)) throw new Error(`unknown option --${key}`)
+      opts.overrides[field] = Number(value)
+    } else {
+      throw new Error(`unknown option ${arg}`)
+    }
+  }
+  for (const system of opts.systems) if (!(system in SYSTEMS)) throw new Error(`unknown system ${system}`)
+  if (!['dist', 'ts'].includes(opts.gatewayRuntime)) throw new Error('--gateway-runtime is dist or ts')
+  return opts
+}
+
+const log = (...parts) => process.stderr.write(`[bench] ${parts.join(' ')}\n`)
+
+// ---------------------------------------------------------------- processes
+
+/** Every process this run started, killed on any way out. */
+const children = new Set()
+function track (child) {
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+  return child
+}
+function killAll () {
+  for (const child of [...children, ...spawned]) {
+    try { child.kill('SIGKILL') } catch {}
+  }
+}
+process.once('exit', killAll)
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    log(`${signal}: stopping`)
+    killAll()
+    process.exit(130)
+  })
+}
+
+function newestMtime (dir) {
+  let newest = 0
+  for (const entry of readdirSync(path.join(ROOT, dir), { recursive: true })) {
+    if (!String(entry).endsWith('.ts')) continue
+    newest = Math.max(newest, statSync(path.join(ROOT, dir, String(entry))).mtimeMs)
+  }
+  return newest
+}
+
+/**
+ * The bench's own build of the gateway: `tsc -p tsconfig.build.json` with
+ * its output under node_modules/.cache, so another session cleaning or
+ * rebuilding dist/ in a shared working tree cannot pull it away mid-run.
+ * Packages resolve from the project's node_modules as they do from dist/.
+ */
+const BUILD_DIR = path.join(ROOT, 'node_modules/.cache/alert-gateway-bench/dist')
+
+/** Compiles the gateway when the bench's build is missing or older than a source file. */
+function ensureBuilt (mode) {
+  if (mode === 'never') return
+  let built = 0
+  try { built = statSync(path.join(BUILD_DIR, 'src/server.js')).mtimeMs } catch {}
+  const sources = Math.max(...['src', 'plugins', 'routes', 'config'].map(newestMtime))
+  if (mode === 'auto' && built > sources) return
+  log(`compiling the gateway: tsc -p tsconfig.build.json --outDir ${path.relative(ROOT, BUILD_DIR)}`)
+  const tsc = path.join(ROOT, 'node_modules/typescript/bin/tsc')
+  const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', BUILD_DIR], { cwd: ROOT, stdio: 'inherit' })
+  if (result.status !== 0) throw new Error('the gateway does not compile')
+}
+
+function baseEnv () {
+  return { PATH: process.env.PATH, HOME: process.env.HOME ?? os.homedir(), LANG: 'C' }
+}
+
+function serverSpec (system, opts, stage, port, redisUrl, profDir) {
+  const env = {
+    ...baseEnv(),
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    JWT_SECRET: BENCH_SECRET,
+    REDIS_URL: redisUrl,
+    HEARTBEAT_INTERVAL_MS: String(stage.heartbeatMs)
+  }
+  const nodeArgs = profDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${system}-${port}.cpuprofile`]
+  if (system !== 'gateway') {
+    return { name: `${system}:${port}`, script: SYSTEMS[system].script, nodeArgs, env: { ...env, BENCH_EXIT_ON_SIGTERM: '1' }, graceMs: profDir === undefined ? 0 : 5000 }
+  }
+  Object.assign(env, {
+    NODE_ENV: 'development',
+    // Per-request info logs are not what is measured (see README).
+    LOG_LEVEL: 'warn',
+    // Generous limits: the limits are not what is measured.
+    MAX_CONNECTIONS_PER_IP: '10000000',
+    MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000',
+    REST_RATE_LIMIT_PER_MINUTE: '100000000',
+    MAX_PENDING_HANDSHAKES: '100000',
+    SHUTDOWN_TIMEOUT_MS: '2000'
+  })
+  if (opts.gatewayRuntime === 'ts') {
+    // tap's TypeScript loader: the smoke test runs without a build.
+    return { name: `gateway:${port}`, script: path.join(ROOT, 'src/server.ts'), nodeArgs: [...nodeArgs, '--import=@tapjs/typescript/import'], env: { ...env, TS_NODE_TRANSPILE_ONLY: '1' }, graceMs: 8000 }
+  }
+  const script = opts.gatewayScript ?? path.join(BUILD_DIR, 'src/server.js')
+  return { name: `gateway:${port}`, script, nodeArgs, env, graceMs: profDir === undefined ? 3000 : 10000 }
+}
+
+// ---------------------------------------------------------------- measuring
+
+const sum = (values, pick) => values.reduce((total, v) => total + pick(v), 0)
+const statsAll = (servers, opts) => Promise.all(servers.map((s) => s.stats(opts)))
+const cpuDelta = (before, after) => sum(after, (a) => a.cpuUs) - sum(before, (b) => b.cpuUs)
+const merged = (results, key) => results.reduce((h, r) => h.merge(Histogram.fromJSON(r[key])), new Histogram())
+const maxOf = (values, pick) => Math.max(...values.map(pick))
+
+/** Spreads the stage's connections over client processes and source addresses. */
+function plan (stage, stageIndex, systemIndex) {
+  const workers = Math.max(stage.workers, Math.ceil(stage.connections / PER_WORKER))
+  let addressCount = Math.max(workers, Math.ceil(stage.connections / PER_ADDRESS))
+  addressCount = Math.ceil(addressCount / workers) * workers
+  // A fresh address set per system and stage: the previous system's closed
+  // connections sit in TIME_WAIT on their ports for a minute.
+  const third = 1 + stageIndex * 3 + systemIndex
+  const shares = []
+  let from = 0
+  for (let w = 0; w < workers; w++) {
+    const count = Math.floor(stage.connections / workers) + (w < stage.connections % workers ? 1 : 0)
+    const addresses = []
+    for (let a = w; a < addressCount; a += workers) addresses.push(`127.0.${third}.${a + 1}`)
+    shares.push({ from, count, addresses })
+    from += count
+  }
+  return { workers, addressCount, shares }
+}
+
+/** Measures one system through every phase of the stage, filling `result` as it goes. */
+async function runSystem (result, stage, stageIndex, systemIndex, opts) {
+  const { system } = result
+  const say = (...parts) => log(`${stage.name} ${system}:`, ...parts)
+  const redis = await startRedis()
+  let servers = []
+  const workers = []
+  let publisher = null
+  try {
+    const ports = await Promise.all(Array.from({ length: stage.instances }, () => freePort()))
+    servers = await Promise.all(ports.map((port) => {
+      const spec = serverSpec(system, opts, stage, port, redis.url, opts.prof)
+      return startServer({ ...spec, port, cwd: ROOT })
+    }))
+    const urls = servers.map((s) => s.baseUrl)
+    say(`${servers.length} instances ready`)
+
+    const layout = plan(stage, stageIndex, systemIndex)
+    for (let w = 0; w < layout.workers; w++) {
+      const worker = forkWorker(path.join(BENCH, 'client-worker.mjs'), [], baseEnv())
+      track(worker.child)
+      workers.push(worker)
+    }
+    publisher = forkWorker(path.join(BENCH, 'publisher.mjs'), [], baseEnv())
+    track(publisher.child)
+    const token = serviceToken()
+    const callAll = (message, timeoutMs) => Promise.all(workers.map((w) => w.rpc.call(message, timeoutMs)))
+    /** Unexpected disconnects so far, by phase: where a system drops clients. */
+    result.unexpectedClosesAfter = {}
+    const noteCloses = async (phase) => {
+      const closes = sum(await callAll({ cmd: 'stats' }), (s) => s.unexpectedClosed)
+      result.unexpectedClosesAfter[phase] = closes
+      if (closes > 0) say(`${closes} unexpected disconnects so far (after ${phase})`)
+    }
+
+    // Warm-up: connect, deliver a few alerts, disconnect.
+    if (stage.warmup > 0) {
+      const warm = await workers[0].rpc.call({
+        cmd: 'connect', system, urls, from: WARMUP_USER_BASE, count: stage.warmup, addresses: [], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+      }, 120000)
+      if (warm.ok === 0) throw new Error(`warm-up: no connection succeeded: ${JSON.stringify(warm.errors)}`)
+      await publisher.rpc.call({ cmd: 'broadcast', urls, token, count: 4, concurrency: 2 })
+      await publisher.rpc.call({ cmd: 'single', urls, token, rate: 200, seconds: 0.2, users: warm.ok, userBase: WARMUP_USER_BASE, seed: 7 })
+      await workers[0].rpc.call({ cmd: 'close' })
+      await callAll({ cmd: 'reset' })
+      await sleep(500)
+    }
+
+    // Handshakes.
+    const base = await statsAll(servers, { gc: true })
+    const redisBefore = redis.cpuUs()
+    const started = now()
+    const connects = await Promise.all(workers.map((w, k) => w.rpc.call({
+      cmd: 'connect', system, urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+    }, 30 * 60000)))
+    const connectMs = now() - started
+    const afterConnect = await statsAll(servers)
+    const redisAfter = redis.cpuUs()
+    const connected = sum(connects, (c) => c.ok)
+    const errors = {}
+    for (const c of connects) for (const [k, v] of Object.entries(c.errors)) errors[k] = (errors[k] ?? 0) + v
+    result.connect = {
+      attempted: stage.connections,
+      connected,
+      failed: stage.connections - connected,
+      errors,
+      seconds: connectMs / 1000,
+      handshakesPerSec: connected / (connectMs / 1000),
+      serverCpuUsPerHandshake: cpuDelta(base, afterConnect) / connected,
+      redisCpuUsPerHandshake: (redisAfter - redisBefore) / connected,
+      latencyMs: merged(connects, 'handshake').summary(),
+      sourceAddresses: layout.addressCount,
+      clientProcesses: layout.workers
+    }
+    say(`${connected}/${stage.connections} connected in ${(connectMs / 1000).toFixed(1)} s`, Object.keys(errors).length > 0 ? JSON.stringify(errors) : '')
+    if (connected === 0) throw new Error(`no connection succeeded: ${JSON.stringify(errors)}`)
+    await noteCloses('connect')
+
+    // Idle connections: memory after GC, then heartbeat CPU over a window.
+    await sleep(stage.settleMs)
+    const held = await statsAll(servers, { gc: true })
+    result.memory = {
+      rssPerConnectionKB: (sum(held, (h) => h.rss) - sum(base, (b) => b.rss)) / connected / 1024,
+      heapPerConnectionKB: (sum(held, (h) => h.heapUsed) - sum(base, (b) => b.heapUsed)) / connected / 1024,
+      externalPerConnectionKB: (sum(held, (h) => h.external) - sum(base, (b) => b.external)) / connected / 1024,
+      rssTotalMB: sum(held, (h) => h.rss) / 2 ** 20
+    }
+    if (opts.heapSnapshot !== undefined) {
+      const { file } = await servers[0].heapSnapshot(path.join(opts.heapSnapshot, `${stage.name}-${system}.heapsnapshot`))
+      say(`heap snapshot of one instance: ${file}`)
+    }
+    if (stage.idleMs > 0) {
+      const idleStart = await statsAll(servers, { resetLoop: true })
+      await sleep(stage.idleMs)
+      const idleEnd = await statsAll(servers)
+      const cpuUs = cpuDelta(idleStart, idleEnd)
+      const pings = connected * stage.idleMs / stage.heartbeatMs
+      result.idle = {
+        heartbeatMs: stage.heartbeatMs,
+        windowMs: stage.idleMs,
+        cpuPercentOfCore: cpuUs / (stage.idleMs * 1000) * 100,
+        cpuUsPerPing: cpuUs / pings,
+        loopMaxMs: maxOf(idleEnd, (s) => s.loopMaxMs)
+      }
+    }
+    say('memory and idle measured')
+    await noteCloses('idle')
+
+    // Broadcasts: deliveries per second, latency from the alert's `ts`.
+    if (stage.broadcasts > 0) {
+      await callAll({ cmd: 'reset' })
+      const before = await statsAll(servers, { resetLoop: true })
+      const sent = await publisher.rpc.call({ cmd: 'broadcast', urls, token, count: stage.broadcasts, concurrency: stage.broadcastConcurrency }, 10 * 60000)
+      const received = await Promise.all(workers.map((w, k) => w.rpc.call({
+        cmd: 'await', count: stage.broadcasts * connects[k].ok, timeoutMs: stage.drainMs
+      }, stage.drainMs + 60000)))
+      const after = await statsAll(servers)
+      const deliveries = sum(received, (r) => r.received)
+      const elapsedMs = maxOf(received, (r) => r.lastRecvAt) - sent.firstSendAt
+      result.broadcast = {
+        broadcasts: stage.broadcasts,
+        expected: stage.broadcasts * connected,
+        received: deliveries,
+        seconds: elapsedMs / 1000,
+        deliveriesPerSec: deliveries / (elapsedMs / 1000),
+        serverCpuUsPerDelivery: cpuDelta(before, after) / deliveries,
+        latencyMs: merged(received, 'latencyTs').summary(),
+        statuses: sent.statuses,
+        loopMaxMs: maxOf(after, (s) => s.loopMaxMs)
+      }
+      say(`broadcast: ${deliveries}/${stage.broadcasts * connected} deliveries in ${(elapsedMs / 1000).toFixed(2)} s`)
+      await noteCloses('broadcast')
+    }
+
+    // Single-user alerts, open loop at a fixed rate.
+    if (stage.singleRate > 0) {
+      await callAll({ cmd: 'reset' })
+      const before = await statsAll(servers, { resetLoop: true })
+      const phaseStart = now()
+      const sent = await publisher.rpc.call({
+        cmd: 'single', urls, token, rate: stage.singleRate, seconds: stage.singleSeconds, users: stage.connections, seed: 42
+      }, (stage.singleSeconds + 120) * 1000)
+      const deadline = Date.now() + stage.drainMs
+      let stats = await callAll({ cmd: 'stats' })
+      while (sum(stats, (s) => s.received) < sent.sent && Date.now() < deadline) {
+        await sleep(100)
+        stats = await callAll({ cmd: 'stats' })
+      }
+      const after = await statsAll(servers)
+      const phaseMs = now() - phaseStart
+      const deliveries = sum(stats, (s) => s.received)
+      result.single = {
+        rate: stage.singleRate,
+        seconds: stage.singleSeconds,
+        sent: sent.sent,
+        accepted: sent.statuses['202'] ?? 0,
+        received: deliveries,
+        lost: sent.sent - deliveries,
+        latencyMs: merged(stats, 'latencySched').summary(),
+        latencyFromTsMs: merged(stats, 'latencyTs').summary(),
+        publisherLatenessMs: Histogram.fromJSON(sent.lateness).summary(),
+        serverCpuPercentOfCore: cpuDelta(before, after) / (phaseMs * 1000) * 100,
+        statuses: sent.statuses,
+        loopMaxMs: maxOf(after, (s) => s.loopMaxMs)
+      }
+      say(`single-user: ${deliveries}/${sent.sent} delivered, p99 ${result.single.latencyMs.p99.toFixed(1)} ms`)
+    }
+
+    const final = await callAll({ cmd: 'stats' })
+    result.unexpectedCloses = sum(final, (s) => s.unexpectedClosed)
+    result.unexpectedCloseCodes = {}
+    for (const s of final) for (const [k, v] of Object.entries(s.closeCodes)) result.unexpectedCloseCodes[k] = (result.unexpectedCloseCodes[k] ?? 0) + v
+    if (result.unexpectedCloses > 0) say(`unexpected closes by code: ${JSON.stringify(result.unexpectedCloseCodes)}`)
+    result.serversAlive = servers.every((s) => s.alive())
+  } finally {
+    await Promise.allSettled(workers.map((w) => w.rpc.call({ cmd: 'close' }, 30000)))
+    for (const w of workers) w.child.kill('SIGKILL')
+    publisher?.child.kill('SIGKILL')
+    await Promise.allSettled(servers.map((s) => s.stop()))
+    await redis.stop()
+  }
+}
+
+// ---------------------------------------------------------------- reporting
+
+const fmt = (value, digits = 1) => {
+  if (value === undefined || value === null || Number.isNaN(value)) return 'n/a'
+  if (Math.abs(value) >= 10000) return Math.round(value).toLocaleString('en-US')
+  return value.toFixed(digits)
+}
+const ratio = (a, b) => (a === undefined || b === undefined || !Number.isFinite(a / b) ? 'n/a' : `${(a / b).toFixed(2)}x`)
+
+function rows (stage) {
+  const single = `single-user ${fmt(stage.singleRate, 0)}/s latency p50 / p99 / max (ms)`
+  return [
+    { name: 'connections held', get: (r) => r.connect?.connected, digits: 0 },
+    { name: 'RSS per idle connection after GC (KB)', get: (r) => r.memory?.rssPerConnectionKB, target: { ws: ['<=', 1.3] } },
+    { name: 'heap per idle connection after GC (KB)', get: (r) => r.memory?.heapPerConnectionKB },
+    { name: `idle CPU, ${fmt(stage.heartbeatMs / 1000)} s heartbeat (% of a core)`, get: (r) => r.idle?.cpuPercentOfCore, skip: stage.idleMs === 0 },
+    { name: 'heartbeat CPU per ping (us)', get: (r) => r.idle?.cpuUsPerPing, skip: stage.idleMs === 0 },
+    { name: 'handshake: server CPU per upgrade (us)', get: (r) => r.connect?.serverCpuUsPerHandshake, target: { ws: ['<=', 1.3] } },
+    { name: 'handshake: Redis CPU per upgrade (us)', get: (r) => r.connect?.redisCpuUsPerHandshake },
+    { name: 'handshakes per second', get: (r) => r.connect?.handshakesPerSec, digits: 0 },
+    { name: 'handshake latency p50 / p99 (ms)', get: (r) => r.connect?.latencyMs.p99, show: (r) => `${fmt(r.connect?.latencyMs.p50)} / ${fmt(r.connect?.latencyMs.p99)}` },
+    { name: `broadcast deliveries per second (${stage.broadcasts} x ${stage.connections})`, get: (r) => r.broadcast?.deliveriesPerSec, digits: 0, target: { ws: ['>=', 0.8], sio: ['>=', 2] }, skip: stage.broadcasts === 0 },
+    { name: 'broadcast server CPU per delivery (us)', get: (r) => r.broadcast?.serverCpuUsPerDelivery, digits: 2, skip: stage.broadcasts === 0 },
+    { name: 'broadcast latency p50 / p99 / max (ms)', get: (r) => r.broadcast?.latencyMs.p99, show: (r) => latencyCell(r.broadcast?.latencyMs), skip: stage.broadcasts === 0 },
+    { name: single, get: (r) => r.single?.latencyMs.p99, show: (r) => latencyCell(r.single?.latencyMs), skip: stage.singleRate === 0, absolute: 50 },
+    { name: 'single-user alerts lost', get: (r) => r.single?.lost, digits: 0, skip: stage.singleRate === 0 },
+    { name: 'unexpected disconnects', get: (r) => r.unexpectedCloses, digits: 0 }
+  ].filter((row) => row.skip !== true)
+}
+
+function latencyCell (l) {
+  if (l === undefined) return 'n/a'
+  return `${fmt(l.p50)} / ${fmt(l.p99)} / ${fmt(l.max, 0)}`
+}
+
+function verdict (row, gw, refs) {
+  const parts = []
+  if (row.target !== undefined) {
+    for (const [ref, [op, bound]] of Object.entries(row.target)) {
+      const value = gw / refs[ref]
+      if (!Number.isFinite(value)) continue
+      const ok = op === '<=' ? value <= bound : value >= bound
+      parts.push(`${op} ${bound}x ${ref}: ${ok ? 'met' : 'NOT met'}`)
+    }
+  }
+  if (row.absolute !== undefined && Number.isFinite(gw)) {
+    parts.push(`p99 <= ${row.absolute} ms: ${gw <= row.absolute ? 'met' : 'NOT met'}`)
+  }
+  return parts.join('; ')
+}
+
+function table (stageResult) {
+  const { stage, systems } = stageResult
+  const present = ['ws', 'sio', 'gateway'].filter((s) => systems[s] !== undefined)
+  const header = ['', ...present.map((s) => SYSTEMS[s].label)]
+  const hasGw = systems.gateway !== undefined
+  if (hasGw && systems.ws) header.push('gateway / ws')
+  if (hasGw && systems.sio) header.push('gateway / Socket.IO')
+  if (hasGw) header.push('target')
+  const lines = [header, header.map(() => '---')]
+  for (const row of rows(stage)) {
+    const line = [row.name]
+    for (const s of present) line.push(row.show ? row.show(systems[s]) : fmt(row.get(systems[s]), row.digits ?? 1))
+    if (hasGw) {
+      const gw = row.get(systems.gateway)
+      if (systems.ws) line.push(ratio(gw, row.get(systems.ws)))
+      if (systems.sio) line.push(ratio(gw, row.get(systems.sio)))
+      line.push(verdict(row, gw, { ws: systems.ws && row.get(systems.ws), sio: systems.sio && row.get(systems.sio) }))
+    }
+    lines.push(line)
+  }
+  if (present.some((s) => systems[s].error !== undefined)) {
+    lines.push(['run failed', ...present.map((s) => (systems[s].error ?? '').split('\n')[0].slice(0, 80) || 'no')])
+  }
+  return lines.map((cells) => `| ${cells.join(' | ')} |`).join('\n')
+}
+
+function machine () {
+  const limit = spawnSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).stdout.trim()
+  const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim()
+  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'src', 'plugins', 'routes', 'config'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim() !== ''
+  return {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30 * 10) / 10,
+    openFiles: limit,
+    kernel: os.release(),
+    loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
+    gatewayCommit: `${git}${dirty ? ' (with uncommitted changes)' : ''}`
+  }
+}
+
+// ---------------------------------------------------------------- main
+
+async function main () {
+  const opts = parseArgs(process.argv.slice(2))
+  const profile = PROFILES[opts.profile]
+  const hardStop = setTimeout(() => {
+    log(`time limit of ${profile.limitMinutes} min reached: stopping`)
+    killAll()
+    process.exit(2)
+  }, profile.limitMinutes * 60000)
+  hardStop.unref()
+
+  if (opts.systems.includes('gateway') && opts.gatewayRuntime === 'dist' && opts.gatewayScript === undefined) ensureBuilt(opts.build)
+  if (opts.prof !== undefined) mkdirSync(opts.prof, { recursive: true })
+  if (opts.heapSnapshot !== undefined) mkdirSync(opts.heapSnapshot, { recursive: true })
+
+  const meta = { ...machine(), profile: opts.profile, gatewayRuntime: opts.gatewayRuntime, argv: process.argv.slice(2) }
+  process.stdout.write(`alert-gateway bench --${opts.profile}, ${meta.date}\n`)
+  process.stdout.write(`machine: ${meta.cpus} x ${meta.cpuModel}, ${meta.memoryGiB} GiB, node ${meta.node}, ulimit -n ${meta.openFiles}, load ${meta.loadAverageAtStart.join(' ')}; gateway ${meta.gatewayCommit} (${opts.gatewayRuntime})\n`)
+
+  const out = opts.out ?? path.join(BENCH, 'results', `${opts.profile}-${meta.date.replace(/[:.]/g, '-')}.json`)
+  mkdirSync(path.dirname(out), { recursive: true })
+  const stages = []
+  // Written after every system, so a long run that fails late keeps what it measured.
+  const save = () => writeFileSync(out, JSON.stringify({ meta, stages }, null, 2))
+  let failures = 0
+  const selected = profile.stages.filter((s) => opts.stage === undefined || s.name === opts.stage)
+  if (selected.length === 0) throw new Error(`no stage named ${opts.stage}`)
+  for (const [stageIndex, partial] of selected.entries()) {
+    const stage = { ...STAGE_DEFAULTS, ...partial, ...opts.overrides }
+    const stageResult = { stage, systems: {} }
+    stages.push(stageResult)
+    for (const [systemIndex, system] of opts.systems.entries()) {
+      const result = { system, label: SYSTEMS[system].label }
+      stageResult.systems[system] = result
+      try {
+        await runSystem(result, stage, stageIndex, systemIndex, opts)
+      } catch (err) {
+        // One system failing does not lose the others' figures.
+        failures++
+        result.error = err?.message ?? String(err)
+        log(`${stage.name} ${system} FAILED: ${err?.stack ?? err}`)
+      }
+      save()
+    }
+    const layout = plan(stage, stageIndex, 0)
+    process.stdout.write(`\n### ${stage.name}: ${stage.connections.toLocaleString('en-US')} connections over ${stage.instances} instances of each system, ` +
+      `${layout.workers} client processes, ${layout.addressCount} source addresses, heartbeat ${stage.heartbeatMs / 1000} s\n\n`)
+    process.stdout.write(table(stageResult) + '\n')
+  }
+  meta.loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100)
+  process.stdout.write(`\nload average at end: ${meta.loadAverageAtEnd.join(' ')}\n`)
+  save()
+  log(`results written to ${path.relative(process.cwd(), out)}`)
+  if (failures > 0) throw new Error(`${failures} system run(s) failed (see above)`)
+  clearTimeout(hardStop)
+}
+
+main().then(() => process.exit(0), (err) => {
+  log(err?.stack ?? String(err))
+  killAll()
+  process.exit(1)
+})

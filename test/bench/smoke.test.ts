@@ -1,0 +1,61 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+const SYSTEMS = ['ws', 'sio', 'gateway'] as const
+
+interface SystemResult {
+  connect: { attempted: number, connected: number, serverCpuUsPerHandshake: number }
+  memory: { heapPerConnectionKB: number }
+  broadcast: { expected: number, received: number, deliveriesPerSec: number }
+  single: { sent: number, accepted: number, lost: number }
+  serversAlive: boolean
+}
+
+// The whole bench (three systems, Redis, client and publisher processes) in
+// seconds. The gateway runs from source through tap's TypeScript loader, so
+// no build is needed; the bench and the servers it starts are not product
+// code, so their coverage is not collected.
+t.setTimeout(120_000)
+
+t.test('the short bench runs end to end with tiny numbers and prints the ratio table', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'bench-smoke-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const out = path.join(dir, 'results.json')
+
+  const child = spawn(process.execPath, ['bench/run.mjs', '--smoke', '--gateway-runtime=ts', `--out=${out}`], {
+    cwd: ROOT,
+    env: { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
+  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  const killer = setTimeout(() => child.kill('SIGINT'), 110_000)
+  const [code] = await once(child, 'exit') as [number | null]
+  clearTimeout(killer)
+
+  t.equal(code, 0, 'the bench exits cleanly', { stderr: stderr.slice(-4000) })
+  t.match(stdout, /\| connections held \| 200 \| 200 \| 200 \| 1\.00x \| 1\.00x \|/, 'the table has the three systems side by side')
+  t.match(stdout, /broadcast deliveries per second/)
+  t.match(stdout, /handshake: server CPU per upgrade/)
+
+  const results = JSON.parse(readFileSync(out, 'utf8')) as { stages: Array<{ systems: Record<string, SystemResult> }> }
+  for (const name of SYSTEMS) {
+    const r = results.stages[0].systems[name]
+    t.equal(r.connect.connected, r.connect.attempted, `${name}: every connection opened`)
+    t.ok(r.connect.serverCpuUsPerHandshake > 0, `${name}: handshake CPU measured`)
+    t.ok(r.memory.heapPerConnectionKB > 0, `${name}: memory measured`)
+    t.equal(r.broadcast.received, r.broadcast.expected, `${name}: every broadcast reached every client`)
+    t.ok(r.broadcast.deliveriesPerSec > 0, `${name}: broadcast throughput measured`)
+    t.equal(r.single.accepted, r.single.sent, `${name}: every single-user alert was accepted`)
+    t.equal(r.single.lost, 0, `${name}: no single-user alert lost`)
+    t.ok(r.serversAlive, `${name}: the servers survived`)
+  }
+})
