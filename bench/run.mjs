@@ -51,6 +51,8 @@ const STAGE_DEFAULTS = {
   connections: 10000,
   workers: 2,
   warmup: 500,
+  /** Pause after the warm-up's disconnects, before the baseline. */
+  warmupSettleMs: 500,
   concurrency: 100,
   heartbeatMs: 5000,
   idleMs: 5000,
@@ -71,14 +73,15 @@ const PROFILES = {
       connections: 200,
       workers: 1,
       warmup: 20,
+      warmupSettleMs: 100,
       concurrency: 50,
       heartbeatMs: 5000,
-      idleMs: 1000,
-      settleMs: 200,
+      idleMs: 500,
+      settleMs: 100,
       broadcasts: 3,
       broadcastConcurrency: 2,
       singleRate: 100,
-      singleSeconds: 1,
+      singleSeconds: 0.5,
       drainMs: 5000
     }]
   },
@@ -299,7 +302,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
       await publisher.rpc.call({ cmd: 'single', urls, token, rate: 200, seconds: 0.2, users: warm.ok, userBase: WARMUP_USER_BASE, seed: 7 })
       await workers[0].rpc.call({ cmd: 'close' })
       await callAll({ cmd: 'reset' })
-      await sleep(500)
+      await sleep(stage.warmupSettleMs)
     }
 
     // Handshakes.
@@ -549,7 +552,7 @@ async function main () {
 
   const meta = { ...machine(), profile: opts.profile, gatewayRuntime: opts.gatewayRuntime, argv: process.argv.slice(2) }
   process.stdout.write(`alert-gateway bench --${opts.profile}, ${meta.date}\n`)
-  process.stdout.write(`machine: ${meta.cpus} x ${meta.cpuModel}, ${meta.memoryGiB} GiB, node ${meta.node}, ulimit -n ${meta.openFiles}, load ${meta.loadAverageAtStart.join(' ')}; gateway ${meta.gatewayCommit} (${opts.gatewayRuntime})\n`)
+  process.stdout.write(`machine: ${meta.cpus} x ${meta.cpuModel}, ${meta.memoryGiB} GiB, node ${meta.node}, ulimit -n ${meta.openFiles}, load ${meta.loadAverageAtStart.join(' ')}; gateway ${meta.gatewayCommit} (${opts.gatewayRuntime === 'ts' ? 'from source, tap loader' : 'compiled'})\n`)
 
   const out = opts.out ?? path.join(BENCH, 'results', `${opts.profile}-${meta.date.replace(/[:.]/g, '-')}.json`)
   mkdirSync(path.dirname(out), { recursive: true })

@@ -46,12 +46,15 @@ export class Heartbeat<T extends Beating> {
    * moved behind the cursor waits for the next cycle).
    */
   tick (now: number): void {
-    let elapsed = now - this.#cycleStart
+    const elapsed = now - this.#cycleStart
     if (elapsed >= this.#intervalMs) {
+      // Finish the cycle, and start the next one now: after a stall longer
+      // than the interval, catching up on the clock would visit sockets
+      // pinged a moment ago and terminate them before they could answer.
       this.#visit(this.#list().length)
-      this.#cycleStart = now - (elapsed % this.#intervalMs)
+      this.#cycleStart = now
       this.#cursor = 0
-      elapsed = now - this.#cycleStart
+      return
     }
     const list = this.#list()
     this.#visit(Math.min(list.length, Math.floor(list.length * elapsed / this.#intervalMs)))
