@@ -8,8 +8,7 @@ export default async function healthRoutes (fastify: FastifyInstance) {
 
   fastify.get('/ready', { logLevel: 'warn' }, async (_request, reply) => {
     if (lifecycle.phase !== 'ready') return reply.code(503).send({ status: lifecycle.phase })
-    const busUp = 'ping' in bus ? await (bus as { ping: () => Promise<boolean> }).ping() : bus.connected
-    if (!busUp) return reply.code(503).send({ status: 'bus_unavailable' })
+    if (!await bus.ping()) return reply.code(503).send({ status: 'bus_unavailable' })
     return { status: 'ready' }
   })
 }

@@ -11,6 +11,10 @@ export class MemoryBus implements Bus {
   readonly #generations = new Map<string, number>()
   readonly #revocations = new Map<string, { before: number, expiresAt: number }>()
 
+  async ping (): Promise<boolean> {
+    return true
+  }
+
   setHandlers (_handlers: BusHandlers): void {}
 
   async publishBroadcast (_frame: Buffer): Promise<void> {}

@@ -25,6 +25,8 @@ export interface Bus {
   readonly kind: 'memory' | 'redis'
   /** Whether events can reach other instances right now. */
   readonly connected: boolean
+  /** Whether the bus answers right now (a round trip for Redis). */
+  ping (): Promise<boolean>
   setHandlers (handlers: BusHandlers): void
   publishBroadcast (frame: Buffer): Promise<void>
   publishUser (userId: string, event: UserEvent): Promise<void>
