@@ -11,9 +11,9 @@
  */
 import { createServer } from 'node:http'
 import { createAdapter } from '@socket.io/redis-adapter'
-import { createVerifier } from 'fast-jwt'
 import { Redis } from 'ioredis'
 import { Server } from 'socket.io'
+import { createTokenVerifier } from '../lib/verify.mjs'
 import { createHttpHandler } from './alerts-endpoint.mjs'
 
 const HOST = process.env.HOST ?? '127.0.0.1'
@@ -23,7 +23,7 @@ const REDIS_URL = process.env.REDIS_URL
 const HEARTBEAT_MS = Number(process.env.HEARTBEAT_INTERVAL_MS ?? 30000)
 const MAX_PAYLOAD = Number(process.env.WS_MAX_MESSAGE_BYTES ?? 10240)
 
-const verify = createVerifier({ key: SECRET, algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] })
+const verify = createTokenVerifier(SECRET)
 const roomOf = (userId) => `user:${userId}`
 
 let io = null

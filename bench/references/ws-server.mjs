@@ -12,9 +12,9 @@
  */
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:http'
-import { createVerifier } from 'fast-jwt'
 import { Redis } from 'ioredis'
 import { WebSocket, WebSocketServer } from 'ws'
+import { createTokenVerifier } from '../lib/verify.mjs'
 import { createHttpHandler } from './alerts-endpoint.mjs'
 
 const HOST = process.env.HOST ?? '127.0.0.1'
@@ -29,7 +29,7 @@ const USER_CHANNEL = 'bench-ws:user'
 const origin = Buffer.from(randomUUID())
 const NEWLINE = 0x0a
 
-const verify = createVerifier({ key: SECRET, algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] })
+const verify = createTokenVerifier(SECRET)
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: MAX_PAYLOAD })
 /** Newest socket of each user. */
 const users = new Map()
