@@ -64,7 +64,9 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     lifecycle.pendingHandshakes++
     request.wsPending = true
     // onRequest runs in the same tick as the upgrade event: the socket is live.
-    request.raw.socket?.once('close', () => settle(request))
+    const onClose = (): void => settle(request)
+    request.wsListeners = [onClose]
+    request.raw.socket?.once('close', onClose)
   }
 
   async function checkOrigin (request: FastifyRequest): Promise<void> {
@@ -82,9 +84,11 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     const reservation: Reservation = { userId, generation: 0, taken: false, releases: [] }
     request.wsReservation = reservation
     // The client may vanish before the upgrade completes: free what it held.
-    socket?.once('close', () => {
+    const onClose = (): void => {
       if (!reservation.taken) release(reservation)
-    })
+    }
+    request.wsListeners?.push(onClose)
+    socket?.once('close', onClose)
     try {
       reservation.releases.push(await limits.acquireConnection(request, reply))
       reservation.generation = await claims.claim(userId)
@@ -100,8 +104,37 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     }
   }
 
+  /**
+   * Replaces @fastify/websocket's per-socket error listener, which closes
+   * over the request and reply. ws has already closed the socket with the
+   * right code (1009, 1002, 1007...); terminating here would drop that frame.
+   */
+  function onSocketError (error: Error): void {
+    if ((error as { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') metrics.rejected('too_big')
+    fastify.log.debug({ err: error.message }, 'websocket error')
+  }
+
+  /**
+   * Lets the upgrade request be collected once the session holds what it
+   * needs: an idle socket would otherwise keep the Request, Reply,
+   * IncomingMessage (URL with the token), ServerResponse and request logger
+   * alive for its whole life. Retainers: the pending-handshake listeners
+   * above, the ServerResponse @fastify/websocket assigned to the raw socket,
+   * and the plugin's error listener.
+   */
+  function forgetRequest (socket: WebSocket, request: FastifyRequest): void {
+    // Absent on requests injected with injectWS.
+    const raw = request.raw.socket as (Socket & { _httpMessage?: { detachSocket: (s: Socket) => void } | null }) | undefined
+    for (const listener of request.wsListeners ?? []) raw?.removeListener('close', listener)
+    raw?._httpMessage?.detachSocket(raw)
+    request.wsListeners = undefined
+    socket.removeAllListeners('error')
+    socket.on('error', onSocketError)
+  }
+
   function onConnection (socket: WebSocket, request: FastifyRequest): void {
     settle(request)
+    forgetRequest(socket, request)
     const reservation = request.wsReservation as Reservation
     const claimsOfToken = request.user
     const now = Date.now()
@@ -170,5 +203,7 @@ declare module 'fastify' {
   interface FastifyRequest {
     wsPending?: boolean
     wsReservation?: unknown
+    /** 'close' listeners on the raw socket until the session takes over. */
+    wsListeners?: Array<() => void>
   }
 }

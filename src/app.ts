@@ -128,13 +128,10 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
       // The registry tracks sessions; ws's own client set would be a second copy.
       clientTracking: false
     },
-    preClose: (done) => done(),
-    errorHandler (error, _socket, request) {
-      // ws has already closed the socket with the right code (1009, 1002,
-      // 1007...); terminating here would drop that close frame.
-      if ((error as { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') app.metrics.rejected('too_big')
-      request.log.debug({ err: error.message }, 'websocket error')
-    }
+    // Sessions drain in the preClose hook above.
+    preClose: (done) => done()
+    // Socket errors are handled per session (routes/ws.ts), so the upgrade
+    // request is not retained by an error listener.
   })
 
   // After @fastify/websocket, so its refusals of upgrades (plain http behind

@@ -208,12 +208,14 @@ t.test(`a ${MAX_BYTES}-byte message is accepted, ${MAX_BYTES + 1} bytes close wi
 })
 
 t.test('WS_MAX_MESSAGE_BYTES sets the limit', async (t) => {
-  const { wsUrl } = await build(t, { env: { WS_MAX_MESSAGE_BYTES: '100' } })
+  const { app, wsUrl } = await build(t, { env: { WS_MAX_MESSAGE_BYTES: '100' } })
   const client = await connect(wsUrl)
   client.send(paddedMessage(100))
   t.match(await client.next(), { type: 'error', code: 'unknown_type' })
   client.send(paddedMessage(101))
   t.equal((await client.waitClosed()).code, 1009)
+  const metrics = (await app.inject('/metrics')).body
+  t.match(metrics, /^ws_messages_rejected_total\{reason="too_big"\} 1$/m, 'counted as too_big')
 })
 
 t.test('more messages than the burst allows close with 1008', async (t) => {
