@@ -7,7 +7,8 @@ const TYPE_CLAIM = 0x43 // 'C'
 const TYPE_LOGOUT = 0x4c // 'L'
 /** Generations outlive any session; refreshed at every claim. */
 const GENERATION_TTL_SEC = 30 * 24 * 3600
-const RESUBSCRIBE_BATCH = 1000
+/** Channels per SUBSCRIBE command. */
+const SUBSCRIBE_BATCH = 1000
 
 export interface RedisBusOptions {
   url: string
@@ -46,6 +47,9 @@ export class RedisBus implements Bus {
   readonly #userChannelPrefix: string
   readonly #log: FastifyBaseLogger
   readonly #watched = new Map<string, { refs: number, ready: Promise<unknown> }>()
+  /** User channels to subscribe at the next flush; #pendingFlush settles with it. */
+  readonly #pendingChannels = new Set<string>()
+  #pendingFlush: Promise<void> | null = null
   #handlers: BusHandlers = { onBroadcast: () => {}, onUserEvent: () => {} }
   #connected = false
   /** The subscriber is ready and every channel is subscribed again. */
@@ -67,7 +71,9 @@ export class RedisBus implements Bus {
       retryStrategy: (times) => Math.min(100 * times, 1000),
       lazyConnect: true
     }
-    this.#command = new Redis(opts.url, { ...options, connectionName: 'gw-command' })
+    // Commands issued in the same tick (a connect storm's handshakes, a
+    // burst of publishes) share one write.
+    this.#command = new Redis(opts.url, { ...options, connectionName: 'gw-command', enableAutoPipelining: true })
     // Subscriptions are restored by #resubscribe, which also tells when they
     // are all in place again: only then is the bus reported connected.
     this.#subscriber = new Redis(opts.url, { ...options, connectionName: 'gw-subscriber', autoResubscribe: false })
@@ -116,9 +122,7 @@ export class RedisBus implements Bus {
   async #resubscribe (): Promise<void> {
     const channels = [this.#allChannel, ...[...this.#watched.keys()].map((id) => this.#userChannel(id))]
     try {
-      for (let i = 0; i < channels.length; i += RESUBSCRIBE_BATCH) {
-        await this.#subscriber.subscribe(...channels.slice(i, i + RESUBSCRIBE_BATCH))
-      }
+      await this.#subscribeAll(channels)
     /* c8 ignore start -- the connection dropping again mid-resubscription is a race no test can order */
     } catch (err) {
       // The next 'ready' retries.
@@ -128,6 +132,28 @@ export class RedisBus implements Bus {
     /* c8 ignore stop */
     this.#subscribed = this.#subscriber.status === 'ready'
     this.#updateConnected()
+  }
+
+  async #subscribeAll (channels: string[]): Promise<void> {
+    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
+      await this.#subscriber.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH))
+    }
+  }
+
+  /**
+   * Subscribes at the end of this turn of the event loop, together with every
+   * channel asked for in the same turn: a connect storm sends one SUBSCRIBE
+   * per turn instead of one per handshake.
+   */
+  #subscribeSoon (channel: string): Promise<void> {
+    this.#pendingChannels.add(channel)
+    this.#pendingFlush ??= new Promise((resolve) => setImmediate(resolve)).then(() => {
+      const channels = [...this.#pendingChannels]
+      this.#pendingChannels.clear()
+      this.#pendingFlush = null
+      return this.#subscribeAll(channels)
+    })
+    return this.#pendingFlush
   }
 
   #userChannel (userId: string): string {
@@ -187,7 +213,7 @@ export class RedisBus implements Bus {
       await entry.ready
       return
     }
-    const ready = this.#subscriber.subscribe(this.#userChannel(userId))
+    const ready = this.#subscribeSoon(this.#userChannel(userId))
     const created = { refs: 1, ready }
     this.#watched.set(userId, created)
     try {
@@ -204,8 +230,11 @@ export class RedisBus implements Bus {
     if (entry === undefined) return
     if (--entry.refs > 0) return
     this.#watched.delete(userId)
-    // If Redis is down the subscription is gone anyway and not restored.
-    this.#subscriber.unsubscribe(this.#userChannel(userId)).catch(() => {})
+    const channel = this.#userChannel(userId)
+    // Not sent yet: drop it from the batch. Otherwise unsubscribe now, on the
+    // connection that carried the SUBSCRIBE, so the two stay in order. If
+    // Redis is down the subscription is gone anyway and not restored.
+    if (!this.#pendingChannels.delete(channel)) this.#subscriber.unsubscribe(channel).catch(() => {})
   }
 
   async nextGeneration (userId: string): Promise<number> {

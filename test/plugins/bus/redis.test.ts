@@ -71,6 +71,44 @@ t.test('events between two buses', async (t) => {
   t.equal(await b.revokedBefore('u3'), null)
 })
 
+t.test('user subscriptions asked for in one turn share one SUBSCRIBE', async (t) => {
+  const redis = await RedisServer.start(t)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.quit())
+  const b = bus(t, redis.url, 'b')
+  await b.start()
+  await until('connected', () => b.connected)
+  const subscribeCalls = async (): Promise<number> => {
+    const match = /cmdstat_subscribe:calls=(\d+)/.exec(await admin.info('commandstats'))
+    return match === null ? 0 : Number(match[1])
+  }
+  const subscribers = async (userId: string): Promise<number> =>
+    Number((await admin.pubsub('NUMSUB', `b:user:{${userId}}`) as unknown[])[1])
+
+  const before = await subscribeCalls()
+  const users = Array.from({ length: 1500 }, (_, i) => `many-${i}`)
+  await Promise.all(users.map((userId) => b.watchUser(userId)))
+  t.equal(await subscribeCalls() - before, 2, '1,500 channels in two commands of at most 1,000')
+  t.equal(await subscribers('many-0'), 1)
+  t.equal(await subscribers('many-1499'), 1)
+
+  // Watched and unwatched before the batch went out: never subscribed.
+  const gone = b.watchUser('gone')
+  b.unwatchUser('gone')
+  // Watched, unwatched and watched again in one turn: subscribed once.
+  const again = b.watchUser('again')
+  b.unwatchUser('again')
+  const againTwice = b.watchUser('again')
+  await Promise.all([gone, again, againTwice])
+  t.equal(await subscribers('gone'), 0, 'a channel unwatched before the flush is not subscribed')
+  t.equal(await subscribers('again'), 1, 'watched again in the same turn: subscribed')
+
+  // After the flush, unwatch unsubscribes at once.
+  b.unwatchUser('again')
+  await until('unsubscribed', async () => await subscribers('again') === 0)
+  t.pass('unwatched after the flush: unsubscribed')
+})
+
 t.test('while Redis is down or hung', async (t) => {
   const redis = await RedisServer.start(t)
   const a = bus(t, redis.url, 'c')
