@@ -89,19 +89,26 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     }
     request.wsListeners?.push(onClose)
     socket?.once('close', onClose)
-    try {
-      reservation.releases.push(await limits.acquireConnection(request, reply))
-      reservation.generation = await claims.claim(userId)
+    // Independent (another key, another connection): taken concurrently.
+    const [slot, claim] = await Promise.allSettled([limits.acquireConnection(request, reply), claims.claim(userId)])
+    if (slot.status === 'fulfilled') reservation.releases.push(slot.value)
+    if (claim.status === 'fulfilled') {
+      reservation.generation = claim.value
       reservation.releases.push(() => claims.release(userId))
-    } catch (err) {
+    }
+    if (slot.status === 'rejected' || claim.status === 'rejected') {
       release(reservation)
-      throw err
+      // The address limit (429) is the answer when both fail.
+      throw slot.status === 'rejected' ? slot.reason : (claim as PromiseRejectedResult).reason
     }
     if (gone()) {
       // Gone while we waited on Redis, possibly before the listener above.
       release(reservation)
       throw new ClientGoneError()
     }
+    // The 101 and the welcome frame leave in one write (uncorked in
+    // onConnection); a refused upgrade is sent with end(), which uncorks.
+    socket?.cork()
   }
 
   /**
@@ -145,7 +152,8 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       generation: reservation.generation,
       tokenExpMs: claimsOfToken.exp * 1000,
       tokenIatSec: typeof claimsOfToken.iat === 'number' ? claimsOfToken.iat : null,
-      authAtMs: now
+      authAtMs: now,
+      transport: request.raw.socket
     }, config.ws.messageBurst)
     reservation.taken = true
 
@@ -171,6 +179,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       maxMessageBytes: config.ws.maxMessageBytes
     }
     if (registry.send(session, Buffer.from(JSON.stringify(welcome)))) metrics.messagesSent.inc()
+    request.raw.socket?.uncork()
 
     if (claims.superseded(session.userId, session.generation)) {
       session.close(CloseCode.REPLACED)
@@ -195,7 +204,10 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     },
     onSend: async (request: FastifyRequest) => { settle(request) },
     handler: async () => { throw new NotWebSocketError() },
-    wsHandler: onConnection
+    wsHandler: onConnection,
+    // Page headers (CSP, HSTS...) mean nothing on a 101, and building them
+    // per upgrade is a measurable share of the handshake.
+    helmet: false
   })
 }
 

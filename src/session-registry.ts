@@ -1,3 +1,4 @@
+import type { Writable } from 'node:stream'
 import type { FastifyBaseLogger } from 'fastify'
 import type { GatewayConfig } from '../config/index.js'
 import type { GatewayMetrics } from '../plugins/metrics.js'
@@ -28,6 +29,8 @@ export class SessionRegistry {
   readonly #heartbeat: Heartbeat<Session>
   readonly #wheel: DeadlineWheel<Session>
   readonly #reauthFrame: Buffer
+  /** Sessions whose transport is corked until the next flush. */
+  readonly #corked: Session[] = []
 
   constructor (opts: SessionRegistryOptions) {
     this.#ws = opts.ws
@@ -116,13 +119,38 @@ export class SessionRegistry {
     return true
   }
 
+  /**
+   * Sends an alert. The session's transport stays corked until the end of
+   * this turn of the event loop, so alerts arriving together (a burst of
+   * publishes, several bus messages in one read) leave in one write per
+   * socket instead of one each. Order is kept: every frame of the socket,
+   * pongs included, goes through the same corked stream.
+   */
+  #sendAlert (session: Session, frame: Buffer): boolean {
+    if (!session.corked && session.transport !== null && session.open) {
+      session.transport.cork()
+      session.corked = true
+      this.#corked.push(session)
+      if (this.#corked.length === 1) setImmediate(this.#uncorkAll)
+    }
+    return this.send(session, frame)
+  }
+
+  readonly #uncorkAll = (): void => {
+    const corked = this.#corked.splice(0)
+    for (let i = 0; i < corked.length; i++) {
+      corked[i].corked = false
+      ;(corked[i].transport as Pick<Writable, 'uncork'>).uncork()
+    }
+  }
+
   /** Sends to every local session; returns how many were written. */
   broadcast (frame: Buffer): number {
     let delivered = 0
     // A slow consumer's close does not remove it synchronously, so plain
     // iteration over the live array is safe.
     for (let i = 0; i < this.#list.length; i++) {
-      if (this.send(this.#list[i], frame)) delivered++
+      if (this.#sendAlert(this.#list[i], frame)) delivered++
     }
     if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
     return delivered
@@ -133,7 +161,7 @@ export class SessionRegistry {
     if (mine === undefined) return 0
     let delivered = 0
     for (const session of mine) {
-      if (this.send(session, frame)) delivered++
+      if (this.#sendAlert(session, frame)) delivered++
     }
     if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
     return delivered

@@ -1,3 +1,4 @@
+import type { Writable } from 'node:stream'
 import type { WebSocket } from 'ws'
 import { CloseReason, type CloseCodeValue } from './close-codes.js'
 
@@ -12,6 +13,8 @@ export interface SessionInit {
   /** `iat` of the current token in epoch seconds, or null when absent. */
   tokenIatSec: number | null
   authAtMs: number
+  /** The TCP (or TLS) socket under `socket`, corked to coalesce writes. */
+  transport?: Pick<Writable, 'cork' | 'uncork'>
 }
 
 /**
@@ -22,6 +25,7 @@ export class Session {
   readonly id: string
   readonly userId: string
   readonly socket: WebSocket
+  readonly transport: Pick<Writable, 'cork' | 'uncork'> | null
   readonly openedAt: number
   generation: number
   tokenExpMs: number
@@ -36,6 +40,8 @@ export class Session {
   index = -1
   /** Deadline wheel bucket this session is filed under; -1 when none. */
   bucket = -1
+  /** The transport is corked until the registry's next flush. */
+  corked = false
   // Message rate: a token bucket refilled at the configured rate.
   tokens: number
   tokensAt: number
@@ -46,6 +52,7 @@ export class Session {
     this.id = init.id
     this.userId = init.userId
     this.socket = init.socket
+    this.transport = init.transport ?? null
     this.generation = init.generation
     this.tokenExpMs = init.tokenExpMs
     this.tokenIatSec = init.tokenIatSec
