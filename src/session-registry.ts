@@ -1,4 +1,3 @@
-import type { Writable } from 'node:stream'
 import type { FastifyBaseLogger } from 'fastify'
 import type { GatewayConfig } from '../config/index.js'
 import type { GatewayMetrics } from '../plugins/metrics.js'
@@ -29,8 +28,8 @@ export class SessionRegistry {
   readonly #heartbeat: Heartbeat<Session>
   readonly #wheel: DeadlineWheel<Session>
   readonly #reauthFrame: Buffer
-  /** Sessions whose transport is corked until the next flush. */
-  readonly #corked: Session[] = []
+  /** Broadcast frames accepted but not yet written (see broadcast()). */
+  readonly #pending: Buffer[] = []
 
   constructor (opts: SessionRegistryOptions) {
     this.#ws = opts.ws
@@ -64,6 +63,7 @@ export class SessionRegistry {
   }
 
   add (session: Session): void {
+    this.#flush()
     session.index = this.#list.length
     this.#list.push(session)
     const mine = this.#byUser.get(session.userId)
@@ -104,64 +104,74 @@ export class SessionRegistry {
   }
 
   /**
-   * Writes an encoded frame to one session. A socket whose send buffer is
-   * over the cap is a slow consumer: it is closed with 1013 rather than
-   * allowed to grow memory.
+   * Whether a frame may be written to the session now. A socket whose send
+   * buffer is over the cap is a slow consumer: it is closed with 1013 rather
+   * than allowed to grow memory.
    */
-  send (session: Session, frame: Buffer): boolean {
+  #writable (session: Session): boolean {
     if (!session.open) return false
     if (session.socket.bufferedAmount > this.#ws.sendBufferMaxBytes) {
       this.#log.warn({ connectionId: session.id, userId: session.userId, buffered: session.socket.bufferedAmount }, 'slow consumer closed')
       session.close(CloseCode.OVERLOADED)
       return false
     }
+    return true
+  }
+
+  /** Writes an encoded frame to one session. */
+  send (session: Session, frame: Buffer): boolean {
+    if (!this.#writable(session)) return false
     session.socket.send(frame, { binary: false })
     return true
   }
 
   /**
-   * Sends an alert. The session's transport stays corked until the end of
-   * this turn of the event loop, so alerts arriving together (a burst of
-   * publishes, several bus messages in one read) leave in one write per
-   * socket instead of one each. Order is kept: every frame of the socket,
-   * pongs included, goes through the same corked stream.
+   * Sends to every local session; returns how many will be written. The
+   * frames are written at the end of this turn of the event loop, together
+   * with every broadcast that arrives meanwhile: each socket then gets one
+   * write for the batch (its transport corked around the frames) instead of
+   * one per alert, and the write is most of a delivery's cost. Publishing
+   * stays cheap while a batch goes out, so batches grow under load.
    */
-  #sendAlert (session: Session, frame: Buffer): boolean {
-    if (!session.corked && session.transport !== null && session.open) {
-      session.transport.cork()
-      session.corked = true
-      this.#corked.push(session)
-      if (this.#corked.length === 1) setImmediate(this.#uncorkAll)
-    }
-    return this.send(session, frame)
-  }
-
-  readonly #uncorkAll = (): void => {
-    const corked = this.#corked.splice(0)
-    for (let i = 0; i < corked.length; i++) {
-      corked[i].corked = false
-      ;(corked[i].transport as Pick<Writable, 'uncork'>).uncork()
-    }
-  }
-
-  /** Sends to every local session; returns how many were written. */
   broadcast (frame: Buffer): number {
     let delivered = 0
     // A slow consumer's close does not remove it synchronously, so plain
     // iteration over the live array is safe.
     for (let i = 0; i < this.#list.length; i++) {
-      if (this.#sendAlert(this.#list[i], frame)) delivered++
+      if (this.#writable(this.#list[i])) delivered++
     }
-    if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
+    if (delivered === 0) return 0
+    this.#pending.push(frame)
+    if (this.#pending.length === 1) setImmediate(this.#flush)
+    this.#metrics.messagesSent.inc(delivered)
     return delivered
+  }
+
+  /**
+   * Writes the pending broadcasts. Also called before anything that must
+   * come after them: a per-user alert, a new session (which must not get
+   * alerts published before it was registered), closing everything.
+   */
+  readonly #flush = (): void => {
+    if (this.#pending.length === 0) return
+    const frames = this.#pending.splice(0)
+    for (let i = 0; i < this.#list.length; i++) {
+      const session = this.#list[i]
+      // Closed since (a close frame is never followed by data).
+      if (!session.open) continue
+      session.transport?.cork()
+      for (let f = 0; f < frames.length; f++) session.socket.send(frames[f], { binary: false })
+      session.transport?.uncork()
+    }
   }
 
   sendToUser (userId: string, frame: Buffer): number {
     const mine = this.#byUser.get(userId)
     if (mine === undefined) return 0
+    this.#flush()
     let delivered = 0
     for (const session of mine) {
-      if (this.#sendAlert(session, frame)) delivered++
+      if (this.send(session, frame)) delivered++
     }
     if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
     return delivered
@@ -191,6 +201,7 @@ export class SessionRegistry {
   }
 
   closeAll (code: CloseCodeValue): void {
+    this.#flush()
     for (const session of [...this.#list]) session.close(code)
   }
 

@@ -13,7 +13,7 @@ export interface SessionInit {
   /** `iat` of the current token in epoch seconds, or null when absent. */
   tokenIatSec: number | null
   authAtMs: number
-  /** The TCP (or TLS) socket under `socket`, corked to coalesce writes. */
+  /** The TCP (or TLS) socket under `socket`, corked around a batch of frames. */
   transport?: Pick<Writable, 'cork' | 'uncork'>
 }
 
@@ -40,8 +40,6 @@ export class Session {
   index = -1
   /** Deadline wheel bucket this session is filed under; -1 when none. */
   bucket = -1
-  /** The transport is corked until the registry's next flush. */
-  corked = false
   // Message rate: a token bucket refilled at the configured rate.
   tokens: number
   tokensAt: number

@@ -17,37 +17,62 @@ t.test('removing a session that was never registered is a no-op', async (t) => {
   t.same(registry.sessionsOf('u'), [])
 })
 
-t.test('alerts sent in one turn of the event loop leave in one write per socket', async (t) => {
+t.test('broadcasts of one turn of the event loop leave in one write per socket', async (t) => {
   const counter = { inc () {}, dec () {}, observe () {} }
   const metrics = { connectionsActive: counter, connectionDuration: counter, messagesSent: counter } as unknown as GatewayMetrics
   const registry = new SessionRegistry({ ws: testConfig().ws, metrics, log: pino({ level: 'silent' }) })
   const events: string[] = []
-  const session = (id: string, userId: string, readyState = 1): Session => {
+  const sockets = new Map<string, { readyState: number }>()
+  const session = (id: string, readyState = 1, transport = true): Session => {
     const socket = {
       readyState,
       bufferedAmount: 0,
-      send: (frame: Buffer) => { events.push(`${id} send ${frame.toString()}`) }
-    } as unknown as WebSocket
-    const transport = { cork: () => { events.push(`${id} cork`) }, uncork: () => { events.push(`${id} uncork`) } }
-    return new Session({ id, userId, socket, generation: 1, tokenExpMs: Date.now() + 60000, tokenIatSec: null, authAtMs: Date.now(), transport }, 10)
+      send: (frame: Buffer) => { events.push(`${id} ${frame.toString()}`) },
+      close: () => { socket.readyState = 2 }
+    }
+    sockets.set(id, socket)
+    return new Session({
+      id,
+      userId: `user-${id}`,
+      socket: socket as unknown as WebSocket,
+      generation: 1,
+      tokenExpMs: Date.now() + 60000,
+      tokenIatSec: null,
+      authAtMs: Date.now(),
+      transport: transport ? { cork: () => { events.push(`${id} cork`) }, uncork: () => { events.push(`${id} uncork`) } } : undefined
+    }, 10)
   }
-  const a = session('a', 'ua')
-  const b = session('b', 'ub')
-  const closed = session('c', 'uc', 3)
-  for (const s of [a, b, closed]) registry.add(s)
-  t.teardown(() => { for (const s of [a, b, closed]) registry.remove(s) })
+  const turn = (): Promise<unknown> => new Promise((resolve) => setImmediate(resolve))
+  const all = [session('a'), session('b'), session('c', 3)]
+  for (const s of all) registry.add(s)
+  t.teardown(() => { for (const s of all) registry.remove(s) })
 
-  t.equal(registry.broadcast(Buffer.from('1')), 2, 'the closed socket is skipped')
-  t.equal(registry.sendToUser('ua', Buffer.from('2')), 1)
-  t.equal(registry.broadcast(Buffer.from('3')), 2)
-  t.same(events, ['a cork', 'a send 1', 'b cork', 'b send 1', 'a send 2', 'a send 3', 'b send 3'],
-    'each socket corked once, frames written in order, nothing uncorked yet')
-  events.length = 0
-  await new Promise((resolve) => setImmediate(resolve))
-  t.same(events, ['a uncork', 'b uncork'], 'uncorked once each at the end of the turn')
+  t.equal(registry.broadcast(Buffer.from('1')), 2, 'the closed socket is not counted')
+  t.equal(registry.broadcast(Buffer.from('2')), 2)
+  t.same(events, [], 'nothing written within the turn')
+  await turn()
+  t.same(events, ['a cork', 'a 1', 'a 2', 'a uncork', 'b cork', 'b 1', 'b 2', 'b uncork'], 'one corked batch per socket')
 
   events.length = 0
-  registry.sendToUser('ub', Buffer.from('4'))
-  await new Promise((resolve) => setImmediate(resolve))
-  t.same(events, ['b cork', 'b send 4', 'b uncork'], 'the next turn corks again')
+  registry.broadcast(Buffer.from('3'))
+  t.equal(registry.sendToUser('user-a', Buffer.from('4')), 1)
+  t.same(events, ['a cork', 'a 3', 'a uncork', 'b cork', 'b 3', 'b uncork', 'a 4'], 'a per-user alert goes after the pending broadcasts')
+
+  events.length = 0
+  registry.broadcast(Buffer.from('5'))
+  ;(sockets.get('b') as { readyState: number }).readyState = 2
+  const late = session('d', 1, false)
+  all.push(late)
+  registry.add(late)
+  t.same(events, ['a cork', 'a 5', 'a uncork'], 'flushed before a new session joins; a socket closed since is skipped')
+  t.equal(registry.broadcast(Buffer.from('6')), 2, 'a and d')
+  registry.closeAll(1001)
+  t.same(events.slice(3), ['a cork', 'a 6', 'a uncork', 'd 6'], 'pending broadcasts are written before closing; no transport, no cork')
+  await turn()
+  t.equal(events.length, 7, 'nothing written twice')
+
+  for (const id of ['a', 'd']) (sockets.get(id) as { readyState: number }).readyState = 3
+  t.equal(registry.broadcast(Buffer.from('7')), 0, 'nobody open: nothing pending')
+  await turn()
+  t.equal(events.length, 7)
 })
