@@ -341,6 +341,9 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
     result.memory = {
       rssPerConnectionKB: (sum(held, (h) => h.rss) - sum(base, (b) => b.rss)) / connected / 1024,
       heapPerConnectionKB: (sum(held, (h) => h.heapUsed) - sum(base, (b) => b.heapUsed)) / connected / 1024,
+      // What V8 keeps reserved (heapUsed plus free pages and the young
+      // generation, which grows under allocation-heavy phases and stays).
+      heapTotalPerConnectionKB: (sum(held, (h) => h.heapTotal) - sum(base, (b) => b.heapTotal)) / connected / 1024,
       externalPerConnectionKB: (sum(held, (h) => h.external) - sum(base, (b) => b.external)) / connected / 1024,
       rssTotalMB: sum(held, (h) => h.rss) / 2 ** 20
     }
