@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
-import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { GatewayConfig } from '../config/index.js'
 import { addressKey } from '../src/client-address.js'
@@ -19,11 +19,21 @@ export interface LimitsOptions {
   keyPrefix: string
 }
 
+/** A check that needs nothing but the request (authentication). */
+export type RequestCheck = (request: FastifyRequest) => Promise<unknown>
+
 export interface Limits {
-  /** preHandler hooks of the /ws route: the per-user connect attempt limit. */
-  beforeUpgrade: preHandlerAsyncHookHandler[]
-  /** preHandler hook limiting a REST route per client address. */
-  rest: preHandlerAsyncHookHandler
+  /**
+   * Counts a connect attempt of the authenticated user (`request.user`);
+   * throws 429 past the per-user limit.
+   */
+  connectAttempt: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+  /**
+   * An onRequest hook for a REST route: the per-address limit and `check`
+   * run at once, so their Redis commands leave in one write, and a limited
+   * client's body is never read. The limit answers first (429).
+   */
+  rest: (check: RequestCheck) => onRequestAsyncHookHandler
   /** Takes a per-address connection slot; resolves to its release function. */
   acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<() => void>
 }
@@ -69,18 +79,25 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
     return () => { slots.release(key, member) }
   }
 
+  const attempts = fastify.rateLimit({
+    max: limits.maxConnectAttemptsPerMinute,
+    timeWindow: 60_000,
+    // Runs after authentication: the key is the verified user id.
+    keyGenerator: (request) => `ws:${request.user.sub}`
+  })
+  const restLimit = fastify.rateLimit({
+    max: limits.restRateLimitPerMinute,
+    timeWindow: 60_000,
+    keyGenerator: (request) => `rest:${addressKey(request.ip)}`
+  })
+
   const decorated: Limits = {
-    beforeUpgrade: [fastify.rateLimit({
-      max: limits.maxConnectAttemptsPerMinute,
-      timeWindow: 60_000,
-      // Runs after authentication: the key is the verified user id.
-      keyGenerator: (request) => `ws:${request.user.sub}`
-    })],
-    rest: fastify.rateLimit({
-      max: limits.restRateLimitPerMinute,
-      timeWindow: 60_000,
-      keyGenerator: (request) => `rest:${addressKey(request.ip)}`
-    }),
+    connectAttempt: async (request, reply) => { await attempts.call(fastify, request, reply) },
+    rest: (check) => async function limitedRequest (request, reply) {
+      const [limit, checked] = await Promise.allSettled([restLimit.call(fastify, request, reply), check(request)])
+      if (limit.status === 'rejected') throw limit.reason
+      if (checked.status === 'rejected') throw checked.reason
+    },
     acquireConnection
   }
   fastify.decorate('limits', decorated)

@@ -23,8 +23,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
       body: PublishAlertSchema,
       response: { 202: PublishResultSchema }
     },
-    onRequest: [fastify.authenticateService],
-    preHandler: [limits.rest],
+    onRequest: [limits.rest(fastify.authenticateService)],
     // Sanitise before validation, so the length bounds apply to what is sent.
     preValidation: async (request) => {
       const body = request.body as Record<string, unknown> | null

@@ -6,8 +6,7 @@ export default async function authRoutes (fastify: FastifyInstance) {
   const { bus, sessions, gatewayConfig: config, limits } = fastify
 
   fastify.post('/auth/logout', {
-    onRequest: [fastify.authenticateUser],
-    preHandler: [limits.rest]
+    onRequest: [limits.rest(fastify.authenticateUser)]
   }, async (request, reply) => {
     const { sub, exp } = request.user
     const before = Math.floor(Date.now() / 1000)

@@ -73,6 +73,18 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     fastify.checkOrigin(request)
   }
 
+  /**
+   * 401 for a bad token; then the revocation read and the per-user attempt
+   * count at once (one Redis write for both). A revoked token answers 403
+   * even when the user is also over the attempt limit.
+   */
+  async function authorize (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const claims = await fastify.verifyRequest(request)
+    const [revocation, attempt] = await Promise.allSettled([fastify.checkRevoked(claims), limits.connectAttempt(request, reply)])
+    if (revocation.status === 'rejected') throw revocation.reason
+    if (attempt.status === 'rejected') throw attempt.reason
+  }
+
   async function reserve (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     if (!request.ws) return
     const socket = request.raw.socket as Socket | undefined
@@ -193,8 +205,8 @@ export default async function wsRoutes (fastify: FastifyInstance) {
   fastify.route({
     method: 'GET',
     url: '/ws',
-    onRequest: [admit, checkOrigin, fastify.authenticateUser],
-    preHandler: [...limits.beforeUpgrade, reserve],
+    onRequest: [admit, checkOrigin, authorize],
+    preHandler: [reserve],
     onError (request: FastifyRequest, _reply: FastifyReply, error: FastifyError, done: () => void) {
       if (request.ws) {
         const result = classify(error)

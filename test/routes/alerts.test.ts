@@ -264,3 +264,20 @@ t.test('with Redis: delivered counts this instance, other instances deliver thro
   t.equal(downUser.status, 503, 'per-user alerts too')
   t.notMatch(JSON.stringify(down.body), /ECONNREFUSED|Stream|ioredis/i, 'no internal detail in the answer')
 })
+
+t.test('REST_RATE_LIMIT_PER_MINUTE: 429 per client address, counted before authentication', async (t) => {
+  const { url } = await build(t, { env: { REST_RATE_LIMIT_PER_MINUTE: '3' } })
+  t.equal((await publish(url, alertTo({ all: true }), null)).status, 401, 'no token: refused, and counted')
+  t.equal((await publish(url, alertTo({ all: true }))).status, 202)
+  const logout = await fetch(`${url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('rest-limit')}` } })
+  t.equal(logout.status, 204, 'logout shares the address budget')
+  const limited = await fetch(`${url}/alerts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${serviceToken()}`, 'content-type': 'application/json' },
+    body: JSON.stringify(alertTo({ all: true }))
+  })
+  t.equal(limited.status, 429, 'the fourth request this minute')
+  t.ok(Number(limited.headers.get('retry-after')) > 0, 'with Retry-After')
+  t.equal((await publish(url, alertTo({ all: true }), 'garbage')).status, 429, 'a bad token over the limit gets 429, not 401')
+  t.equal((await publish(url, '{not json')).status, 429, 'a limited client\'s body is not read')
+})

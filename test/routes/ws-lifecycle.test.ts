@@ -343,7 +343,7 @@ t.test('a client that resets TCP mid-handshake does not crash the process or lea
 })
 
 t.test('MAX_CONNECTIONS_PER_IP and MAX_CONNECT_ATTEMPTS_PER_MINUTE answer 429', async (t) => {
-  const { app, wsUrl } = await build(t, { env: { MAX_CONNECTIONS_PER_IP: '1', MAX_CONNECT_ATTEMPTS_PER_MINUTE: '2' } })
+  const { app, url, wsUrl } = await build(t, { env: { MAX_CONNECTIONS_PER_IP: '1', MAX_CONNECT_ATTEMPTS_PER_MINUTE: '2' } })
   const sub = newUser()
   const first = await TestClient.connect(wsUrl, { token: userToken(sub) })
   const refusal = await TestClient.refused(wsUrl, { token: userToken(newUser()) })
@@ -356,6 +356,9 @@ t.test('MAX_CONNECTIONS_PER_IP and MAX_CONNECT_ATTEMPTS_PER_MINUTE answer 429', 
   const third = await TestClient.refused(wsUrl, { token: userToken(sub) })
   t.equal(third.status, 429, 'a third attempt of the user within a minute')
   t.ok(Number(third.headers['retry-after']) > 0, 'with Retry-After')
+  t.equal((await post(`${url}/auth/logout`, userToken(sub))).status, 204)
+  const revoked = await TestClient.refused(wsUrl, { token: userToken(sub, { iat: nowSec() - 1 }) })
+  t.equal(revoked.status, 403, 'a revoked token over the attempt limit: the revocation answers')
 })
 
 t.test('shutdown: open sessions get 1001, a client that does not close is terminated at the deadline', async (t) => {
