@@ -142,9 +142,9 @@ export default async function wsRoutes (fastify: FastifyInstance) {
    * and the plugin's error listener.
    */
   function forgetRequest (socket: WebSocket, request: FastifyRequest): void {
-    // Absent on requests injected with injectWS.
+    // Absent on requests injected with injectWS. wsListeners: set by admit().
     const raw = request.raw.socket as (Socket & { _httpMessage?: { detachSocket: (s: Socket) => void } | null }) | undefined
-    for (const listener of request.wsListeners ?? []) raw?.removeListener('close', listener)
+    for (const listener of request.wsListeners as Array<() => void>) raw?.removeListener('close', listener)
     raw?._httpMessage?.detachSocket(raw)
     request.wsListeners = undefined
     socket.removeAllListeners('error')

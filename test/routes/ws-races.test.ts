@@ -53,3 +53,14 @@ t.test('a client gone while its claim was pending leaves no slot behind', async 
   const { welcome } = await TestClient.connect(wsUrl, { token: userToken('stayer') })
   t.equal(welcome.userId, 'stayer')
 })
+
+t.test('a claim that fails while the address slot was taken answers 503 and frees the slot', async (t) => {
+  const { app, wsUrl } = await build(t, { env: { MAX_CONNECTIONS_PER_IP: '1' } })
+  const original = app.claims.claim.bind(app.claims)
+  app.claims.claim = async () => { throw Object.assign(new Error('bus down'), { statusCode: 503 }) }
+  t.equal((await TestClient.refused(wsUrl, { token: userToken('unclaimed') })).status, 503)
+  app.claims.claim = original
+  const { client, welcome } = await TestClient.connect(wsUrl, { token: userToken('unclaimed') })
+  t.equal(welcome.userId, 'unclaimed', 'the only slot of the address was given back')
+  await client.close()
+})
