@@ -361,6 +361,20 @@ t.test('MAX_CONNECTIONS_PER_IP and MAX_CONNECT_ATTEMPTS_PER_MINUTE answer 429', 
   t.equal(revoked.status, 403, 'a revoked token over the attempt limit: the revocation answers')
 })
 
+t.test('refused tokens do not use up the user\'s connect attempts', async (t) => {
+  const { url, wsUrl } = await build(t, { env: { MAX_CONNECT_ATTEMPTS_PER_MINUTE: '2' } })
+  const sub = newUser()
+  const old = userToken(sub, { iat: nowSec() - 1 })
+  t.equal((await post(`${url}/auth/logout`, old)).status, 204)
+  for (let i = 0; i < 3; i++) {
+    t.equal((await TestClient.refused(wsUrl, { token: old })).status, 403, `revoked attempt ${i + 1}`)
+    t.equal((await TestClient.refused(wsUrl, { token: signJwt({ sub, exp: nowSec() - 60 }) })).status, 401, `expired attempt ${i + 1}`)
+  }
+  const { client, welcome } = await TestClient.connect(wsUrl, { token: userToken(sub, { iat: nowSec() + 1 }) })
+  t.equal(welcome.userId, sub, 'the next login connects')
+  await client.close()
+})
+
 t.test('shutdown: open sessions get 1001, a client that does not close is terminated at the deadline', async (t) => {
   // REAUTH_INTERVAL_MS: the stubborn session's re-auth falls due while it is closing.
   const { app, port, wsUrl } = await build(t, { env: { SHUTDOWN_TIMEOUT_MS: '600', REAUTH_INTERVAL_MS: '300' } })
