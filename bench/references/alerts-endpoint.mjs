@@ -1,9 +1,25 @@
 import { randomUUID } from 'node:crypto'
-import { createVerifier } from 'fast-jwt'
+import { createTokenVerifier } from '../lib/verify.mjs'
 
 const BODY_LIMIT = 64 * 1024
 const SEVERITIES = new Set(['info', 'warning', 'critical'])
 const JSON_TYPE = { 'content-type': 'application/json' }
+
+/**
+ * The environment both reference servers read: HOST, PORT, JWT_SECRET,
+ * REDIS_URL (optional), HEARTBEAT_INTERVAL_MS (default 30000) and
+ * WS_MAX_MESSAGE_BYTES (default 10240).
+ */
+export function referenceSettings (env = process.env) {
+  return {
+    host: env.HOST ?? '127.0.0.1',
+    port: Number(env.PORT ?? 3000),
+    secret: env.JWT_SECRET,
+    redisUrl: env.REDIS_URL,
+    heartbeatMs: Number(env.HEARTBEAT_INTERVAL_MS ?? 30000),
+    maxPayload: Number(env.WS_MAX_MESSAGE_BYTES ?? 10240)
+  }
+}
 
 function answer (res, status, body) {
   res.writeHead(status, JSON_TYPE)
@@ -21,7 +37,7 @@ function answer (res, status, body) {
  * instances; it resolves to the number of local deliveries.
  */
 export function createHttpHandler ({ secret, isReady, publish }) {
-  const verify = createVerifier({ key: secret, algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] })
+  const verify = createTokenVerifier(secret)
 
   return function handle (req, res) {
     if (req.method === 'GET' && req.url === '/health') return answer(res, 200, { status: 'ok' })

@@ -6,22 +6,19 @@
  * single-user alerts `io.to('user:<id>').emit`; the adapter carries both to
  * the other instances.
  *
- * Environment: HOST, PORT, JWT_SECRET, REDIS_URL (optional),
- * HEARTBEAT_INTERVAL_MS (pingInterval, default 30000), WS_MAX_MESSAGE_BYTES.
+ * Environment: see referenceSettings() in alerts-endpoint.mjs (the
+ * heartbeat interval is Socket.IO's pingInterval).
  */
 import { createServer } from 'node:http'
 import { createAdapter } from '@socket.io/redis-adapter'
 import { Redis } from 'ioredis'
 import { Server } from 'socket.io'
 import { createTokenVerifier } from '../lib/verify.mjs'
-import { createHttpHandler } from './alerts-endpoint.mjs'
+import { createHttpHandler, referenceSettings } from './alerts-endpoint.mjs'
 
-const HOST = process.env.HOST ?? '127.0.0.1'
-const PORT = Number(process.env.PORT ?? 3000)
-const SECRET = process.env.JWT_SECRET
-const REDIS_URL = process.env.REDIS_URL
-const HEARTBEAT_MS = Number(process.env.HEARTBEAT_INTERVAL_MS ?? 30000)
-const MAX_PAYLOAD = Number(process.env.WS_MAX_MESSAGE_BYTES ?? 10240)
+const {
+  host: HOST, port: PORT, secret: SECRET, redisUrl: REDIS_URL, heartbeatMs: HEARTBEAT_MS, maxPayload: MAX_PAYLOAD
+} = referenceSettings()
 
 const verify = createTokenVerifier(SECRET)
 const roomOf = (userId) => `user:${userId}`

@@ -7,22 +7,18 @@
  * for broadcasts and one shared channel for single-user alerts, so every
  * instance wakes for every alert and looks the user up in a Map.
  *
- * Environment: HOST, PORT, JWT_SECRET, REDIS_URL (optional),
- * HEARTBEAT_INTERVAL_MS (default 30000), WS_MAX_MESSAGE_BYTES (10240).
+ * Environment: see referenceSettings() in alerts-endpoint.mjs.
  */
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:http'
 import { Redis } from 'ioredis'
 import { WebSocket, WebSocketServer } from 'ws'
 import { createTokenVerifier } from '../lib/verify.mjs'
-import { createHttpHandler } from './alerts-endpoint.mjs'
+import { createHttpHandler, referenceSettings } from './alerts-endpoint.mjs'
 
-const HOST = process.env.HOST ?? '127.0.0.1'
-const PORT = Number(process.env.PORT ?? 3000)
-const SECRET = process.env.JWT_SECRET
-const REDIS_URL = process.env.REDIS_URL
-const HEARTBEAT_MS = Number(process.env.HEARTBEAT_INTERVAL_MS ?? 30000)
-const MAX_PAYLOAD = Number(process.env.WS_MAX_MESSAGE_BYTES ?? 10240)
+const {
+  host: HOST, port: PORT, secret: SECRET, redisUrl: REDIS_URL, heartbeatMs: HEARTBEAT_MS, maxPayload: MAX_PAYLOAD
+} = referenceSettings()
 
 const ALL_CHANNEL = 'bench-ws:all'
 const USER_CHANNEL = 'bench-ws:user'
