@@ -76,6 +76,18 @@ async function launch (t: { teardown: (fn: Teardown) => void }, env: Record<stri
 }
 
 /** Runs `fn` over `items`, at most `limit` at a time (each run starts a TypeScript process). */
+/**
+ * Connects a client that stops reading (so it never answers the close
+ * handshake), sends SIGTERM and waits until the gateway is draining.
+ */
+async function drainWithStubbornClient (gw: Launched): Promise<TestClient> {
+  const { client } = await TestClient.connect(gw.wsUrl, { token: userToken('stubborn') })
+  client.ws.pause()
+  gw.child.kill('SIGTERM')
+  await waitForOutput(gw.child, gw.output, /draining sessions/)
+  return client
+}
+
 async function pool<T, R> (items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array(items.length)
   let next = 0
@@ -168,11 +180,8 @@ t.test('SIGTERM with 20 open sockets: every socket gets 1001, the process exits 
 
 t.test('draining: /ready answers 503, a client that never answers is cut at SHUTDOWN_TIMEOUT_MS, exit 0', async (t) => {
   const gw = await launch(t, { SHUTDOWN_TIMEOUT_MS: '2000' })
-  const { client } = await TestClient.connect(gw.wsUrl, { token: userToken('stubborn') })
   t.equal((await fetch(`${gw.url}/ready`)).status, 200)
-  client.ws.pause()
-  gw.child.kill('SIGTERM')
-  await waitForOutput(gw.child, gw.output, /draining sessions/)
+  const client = await drainWithStubbornClient(gw)
   const ready = await fetch(`${gw.url}/ready`)
   t.equal(ready.status, 503, '/ready answers 503 while draining')
   t.equal((await fetch(`${gw.url}/health`)).status, 200, '/health answers 200 while the process lives')
@@ -185,10 +194,7 @@ t.test('draining: /ready answers 503, a client that never answers is cut at SHUT
 
 t.test('draining: a new upgrade gets 503 and the process still exits 0', async (t) => {
   const gw = await launch(t, { SHUTDOWN_TIMEOUT_MS: '2000' })
-  const { client } = await TestClient.connect(gw.wsUrl, { token: userToken('stubborn') })
-  client.ws.pause()
-  gw.child.kill('SIGTERM')
-  await waitForOutput(gw.child, gw.output, /draining sessions/)
+  await drainWithStubbornClient(gw)
   const upgrade = await rawUpgrade(gw.port, `/ws?token=${userToken('late')}`)
   t.equal(upgrade.status, 503, 'an upgrade during the drain is refused with 503')
   // The client hangs up after the refusal, as browsers do.
@@ -201,10 +207,7 @@ t.test('draining: a new upgrade gets 503 and the process still exits 0', async (
 
 t.test('a second SIGTERM while draining exits at once, non-zero', async (t) => {
   const gw = await launch(t, { SHUTDOWN_TIMEOUT_MS: '60000' })
-  const { client } = await TestClient.connect(gw.wsUrl, { token: userToken('stubborn') })
-  client.ws.pause()
-  gw.child.kill('SIGTERM')
-  await waitForOutput(gw.child, gw.output, /draining sessions/)
+  const client = await drainWithStubbornClient(gw)
   const second = Date.now()
   gw.child.kill('SIGTERM')
   const { code } = await exitWithin(gw.exited, 10_000)
