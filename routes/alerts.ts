@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { BusUnavailableError } from '../src/errors.js'
 import { PublishAlertSchema, PublishResultSchema, type AlertFrame } from '../src/messages.js'
-import { sanitiseLine, sanitiseText } from '../src/sanitize.js'
+import { sanitiseAlertBody } from '../src/sanitize.js'
 
 /** Largest accepted POST /alerts body. */
 const BODY_LIMIT = 64 * 1024
@@ -25,12 +25,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     },
     onRequest: [limits.rest(fastify.authenticateService)],
     // Sanitise before validation, so the length bounds apply to what is sent.
-    preValidation: async (request) => {
-      const body = request.body as Record<string, unknown> | null
-      if (body === null || typeof body !== 'object') return
-      if (typeof body.title === 'string') body.title = sanitiseLine(body.title)
-      if (typeof body.body === 'string') body.body = sanitiseText(body.body)
-    }
+    preValidation: async (request) => { sanitiseAlertBody(request.body) }
   }, async (request, reply) => {
     const { target, severity, title, body, data } = request.body
     const alert: AlertFrame = { type: 'alert', id: randomUUID(), ts: Date.now(), severity, title }

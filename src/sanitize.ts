@@ -14,3 +14,14 @@ export function sanitiseLine (text: string): string {
 export function sanitiseText (text: string): string {
   return text.replace(UNSAFE_MULTI_LINE, '').normalize('NFC')
 }
+
+/**
+ * Sanitises the text of a POST /alerts body in place, before validation, so
+ * the schema's length bounds apply to what is sent.
+ */
+export function sanitiseAlertBody (body: unknown): void {
+  if (body === null || typeof body !== 'object') return
+  const fields = body as Record<string, unknown>
+  if (typeof fields.title === 'string') fields.title = sanitiseLine(fields.title)
+  if (typeof fields.body === 'string') fields.body = sanitiseText(fields.body)
+}
