@@ -20,7 +20,7 @@ import { Lifecycle } from './lifecycle.js'
 import { SessionRegistry } from './session-registry.js'
 import { SpikeDetector } from './spike-detector.js'
 import { UserClaims } from './user-claims.js'
-import { loggerOptions } from './logger.js'
+import { clientErrorHandler, frameworkErrors, loggerOptions, notFoundHandler } from './logger.js'
 
 export interface BuildOptions {
   /** A pino logger to use instead of one built from the configuration. */
@@ -63,6 +63,10 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
     return503OnClosing: false,
     // The default (5 s) kills slow-loris handshakes; keep it explicit.
     requestTimeout: config.limits.handshakeTimeoutMs,
+    // Fastify's own answers to unparsable requests and bad URLs log or echo
+    // the raw request or its URL; these keep the query string out.
+    clientErrorHandler,
+    frameworkErrors,
     ...(options.loggerInstance !== undefined
       ? { loggerInstance: options.loggerInstance }
       : { logger: loggerOptions(config.logLevel) })
@@ -76,6 +80,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   }
   const app = Fastify(serverOptions) as unknown as FastifyInstance
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  app.setNotFoundHandler(notFoundHandler)
 
   const instanceId = randomBytes(8).toString('hex')
   const lifecycle = new Lifecycle()

@@ -1,10 +1,37 @@
-import type { FastifyRequest, FastifyServerOptions } from 'fastify'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import { errorCodes, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import { stdSerializers } from 'pino'
 
 /** The path of a URL without its query string, which may carry a token. */
 export function redactUrl (url: string | undefined): string | undefined {
   if (url === undefined) return undefined
   const q = url.indexOf('?')
   return q === -1 ? url : url.slice(0, q) + '?[redacted]'
+}
+
+/** The path of a URL, its query string left out. */
+function pathOf (url: string): string {
+  const q = url.indexOf('?')
+  return q === -1 ? url : url.slice(0, q)
+}
+
+/**
+ * A logged `path` or `url` field: @fastify/websocket logs `{ path: request.url }`
+ * when an upgrade reaches a route without a WebSocket handler.
+ */
+function redactUrlField (value: unknown): unknown {
+  return typeof value === 'string' ? redactUrl(value) : value
+}
+
+/**
+ * pino's error serializer, less `rawPacket`: Node attaches the raw bytes of
+ * a request it cannot parse, query string and Authorization or Cookie
+ * header included.
+ */
+export function serializeError (err: Error): ReturnType<typeof stdSerializers.err> {
+  const { rawPacket: _rawPacket, ...serialized } = stdSerializers.err(err)
+  return serialized as ReturnType<typeof stdSerializers.err>
 }
 
 /**
@@ -23,7 +50,10 @@ export function loggerOptions (level: string): Exclude<FastifyServerOptions['log
           remoteAddress: request.ip,
           upgrade: request.headers?.upgrade
         }
-      }
+      },
+      err: serializeError,
+      path: redactUrlField,
+      url: redactUrlField
     },
     redact: {
       paths: [
@@ -33,4 +63,53 @@ export function loggerOptions (level: string): Exclude<FastifyServerOptions['log
       censor: '[redacted]'
     }
   }
+}
+
+/**
+ * Fastify's 404 (the same log line and JSON answer) naming the path without
+ * its query string: Fastify's own quotes the whole URL.
+ */
+export function notFoundHandler (request: FastifyRequest, reply: FastifyReply): void {
+  const message = `Route ${request.method}:${pathOf(request.url)} not found`
+  request.log.info(message)
+  reply.code(404).send({ message, error: 'Not Found', statusCode: 404 })
+}
+
+// Their messages quote the URL as received, query string included.
+const URL_ERRORS: Record<string, new (url: string) => FastifyError> = {
+  FST_ERR_BAD_URL: errorCodes.FST_ERR_BAD_URL,
+  FST_ERR_MAX_PARAM_LENGTH: errorCodes.FST_ERR_MAX_PARAM_LENGTH
+}
+
+/**
+ * Fastify's `frameworkErrors` option: URLs the router rejects get Fastify's
+ * answer (and its log lines), with the path in place of the whole URL.
+ */
+export function frameworkErrors (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const Redacted = URL_ERRORS[error.code]
+  reply.send(Redacted === undefined ? error : new Redacted(pathOf(request.url)))
+}
+
+const CLIENT_ERRORS: Record<string, { status: number, label: string, message: string }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, label: 'timeout', message: 'Client Timeout' },
+  HPE_HEADER_OVERFLOW: { status: 431, label: 'header_overflow', message: 'Exceeded maximum allowed HTTP header size' }
+}
+const OTHER_CLIENT_ERROR = { status: 400, label: 'error', message: 'Client Error' }
+
+/**
+ * Fastify's `clientErrorHandler` option: Fastify's answers to requests Node
+ * cannot parse, but the log line holds the error's code and message only,
+ * never the raw request bytes (`err.rawPacket`).
+ */
+export function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
+  // A reset connection has nothing left to answer.
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const answer = CLIENT_ERRORS[err.code ?? ''] ?? OTHER_CLIENT_ERROR
+  this.log.trace({ code: err.code, reason: err.message }, `client ${answer.label}`)
+  if (socket.writable) {
+    const status = STATUS_CODES[answer.status] as string
+    const body = JSON.stringify({ error: status, message: answer.message, statusCode: answer.status })
+    socket.write(`HTTP/1.1 ${answer.status} ${status}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\n\r\n${body}`)
+  }
+  socket.destroy(err)
 }
