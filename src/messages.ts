@@ -36,14 +36,39 @@ export const AlertTargetSchema = Type.Union([
   Type.Object({ userId: Type.String({ minLength: 1, maxLength: 256 }) }, { additionalProperties: false })
 ])
 
+/** Deepest accepted `data` of POST /alerts: `data` is level 1, each object or array in it one more. */
+export const MAX_DATA_DEPTH = 16
+
+/**
+ * True when `value`, at `level`, holds no object or array deeper than
+ * MAX_DATA_DEPTH. Stops descending there, so a body nested thousands of levels
+ * cannot overflow the stack here (it did in JSON.stringify).
+ */
+function withinDataDepth (value: unknown, level: number): boolean {
+  if (value === null || typeof value !== 'object') return true
+  if (level > MAX_DATA_DEPTH) return false
+  for (const child of Object.values(value)) {
+    if (!withinDataDepth(child, level + 1)) return false
+  }
+  return true
+}
+
+// A Record's key schema is not checked on values: propertyNames bounds keys.
+// The depth is a refinement, not a schema of nested levels: a union per level
+// would be inlined by Compile and grow exponentially.
+const AlertDataSchema = Type.Refine(
+  Type.Record(Type.String(), Type.Unknown(), { maxProperties: 50, propertyNames: { maxLength: 128 } }),
+  (data) => withinDataDepth(data, 1),
+  () => `must not be nested more than ${MAX_DATA_DEPTH} levels deep`
+)
+
 /** Body of POST /alerts. Text fields are sanitised before validation. */
 export const PublishAlertSchema = Type.Object({
   target: AlertTargetSchema,
   severity: SeveritySchema,
   title: Type.String({ minLength: 1, maxLength: 200 }),
   body: Type.Optional(Type.String({ maxLength: 4000 })),
-  // A Record's key schema is not checked on values: propertyNames bounds keys.
-  data: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { maxProperties: 50, propertyNames: { maxLength: 128 } }))
+  data: Type.Optional(AlertDataSchema)
 }, { additionalProperties: false })
 export type PublishAlert = Static<typeof PublishAlertSchema>
 
