@@ -152,8 +152,9 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   await app.register(authRoutes)
   await app.register(alertRoutes)
   await app.register(wsRoutes)
-  // The demo page and its token endpoint exist only with an HMAC key outside production.
-  if (config.env !== 'production' && config.jwt.algorithms[0].startsWith('HS')) await app.register(demoRoutes)
+  // The demo page and its token endpoint exist only on the generated
+  // development secret (never in production, never with a configured key).
+  if (config.jwt.devSecret) await app.register(demoRoutes)
   return app
 }
 

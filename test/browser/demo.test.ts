@@ -5,10 +5,13 @@ import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../../src/app.js'
-import { testConfig } from '../helpers/config.js'
+import { devSecretEnv, testConfig } from '../helpers/config.js'
 import { freePort } from '../helpers/free-port.js'
 import { publish } from '../helpers/http.js'
 import { serviceToken } from '../helpers/tokens.js'
+
+// The demo page exists only on a generated development secret.
+const DEV_ENV = devSecretEnv(t.testdir())
 
 // Launching Chromium and compiling the page's modules on first load take a while on a busy machine.
 t.setTimeout(120_000)
@@ -26,7 +29,7 @@ async function upgradesSeen (url: string): Promise<number> {
 }
 
 async function gateway (port: number, listen: boolean): Promise<FastifyInstance> {
-  const app = await buildApp(testConfig(), { defaultMetrics: false })
+  const app = await buildApp(testConfig(DEV_ENV), { defaultMetrics: false })
   t.teardown(() => app.close())
   if (listen) await app.listen({ host: '127.0.0.1', port })
   else await app.ready()
@@ -39,6 +42,7 @@ t.test('the demo page in Chromium', {
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   let app = await gateway(port, true)
+  const svc = serviceToken('svc', {}, app.gatewayConfig.jwt.key)
 
   const { chromium } = await import('playwright-core')
   const browser = await chromium.launch({
@@ -68,7 +72,7 @@ t.test('the demo page in Chromium', {
   })
 
   await t.test('an alert published over REST appears, in its severity colour', async (t) => {
-    const answer = await publish(base, serviceToken(), { target: { userId: sub }, severity: 'warning', title: 'Disk almost full', body: 'db-1 is at 92%' })
+    const answer = await publish(base, svc, { target: { userId: sub }, severity: 'warning', title: 'Disk almost full', body: 'db-1 is at 92%' })
     t.equal(answer.status, 202)
     await page.waitForSelector(`#alerts li[data-id="${String(answer.body.id)}"]`, { timeout: 5000 })
     t.same(await alertTitles(), ['Disk almost full'])
@@ -101,7 +105,7 @@ t.test('the demo page in Chromium', {
     app = next
     await state('open', 20000)
     t.equal(app.sessions.size, 1, 'connected to the new instance')
-    const answer = await publish(base, serviceToken(), { target: { all: true }, severity: 'info', title: 'Back after the restart' })
+    const answer = await publish(base, svc, { target: { all: true }, severity: 'info', title: 'Back after the restart' })
     await page.waitForSelector(`#alerts li[data-id="${String(answer.body.id)}"]`, { timeout: 5000 })
     t.equal((await alertTitles())[0], 'Back after the restart')
   })

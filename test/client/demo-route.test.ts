@@ -1,10 +1,11 @@
 import t from 'tap'
 import { createVerifier } from 'fast-jwt'
 import { build } from '../helpers/build.js'
-import { TEST_SECRET } from '../helpers/tokens.js'
+import { devSecretEnv } from '../helpers/config.js'
+import { userToken } from '../helpers/tokens.js'
 
-t.test('the demo page, its stylesheet and the compiled client modules are served in development', async (t) => {
-  const { url } = await build(t)
+t.test('the demo page, its stylesheet and the compiled client modules are served on the development secret', async (t) => {
+  const { url } = await build(t, { env: devSecretEnv(t.testdir()) })
   const page = await fetch(`${url}/`)
   t.equal(page.status, 200)
   t.match(page.headers.get('content-type'), /^text\/html/)
@@ -31,16 +32,16 @@ t.test('the demo page, its stylesheet and the compiled client modules are served
 })
 
 t.test('nothing else under /client: no other file types, no way out of the folder', async (t) => {
-  const { url } = await build(t)
+  const { url } = await build(t, { env: devSecretEnv(t.testdir()) })
   for (const path of ['/client/index.ts', '/client/demo/index.html', '/client/Index.js', '/client/%2e%2e/src/app.js',
     '/client/..%2fsrc%2fapp.js', '/client/', '/client/missing.js', '/client/demo/missing.js', '/index.html']) {
     t.equal((await fetch(url + path)).status, 404, path)
   }
 })
 
-t.test('POST /dev/token mints user and service tokens with the configured secret', async (t) => {
-  const { url } = await build(t)
-  const verify = createVerifier({ key: TEST_SECRET, algorithms: ['HS256'] })
+t.test('POST /dev/token mints user and service tokens with the development secret', async (t) => {
+  const { app, url } = await build(t, { env: devSecretEnv(t.testdir()) })
+  const verify = createVerifier({ key: app.gatewayConfig.jwt.key, algorithms: ['HS256'] })
   const mint = async (body: unknown): Promise<Response> => fetch(`${url}/dev/token`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body)
   })
@@ -63,4 +64,18 @@ t.test('not served in production', async (t) => {
     method: 'POST', headers: { 'content-type': 'application/json', 'x-forwarded-proto': 'https' }, body: '{"sub":"x"}'
   })
   t.equal(token.status, 404)
+})
+
+// Regression: with JWT_SECRET set and NODE_ENV unset (development), POST
+// /dev/token minted user and service tokens for anyone reaching the port.
+t.test('not served with a configured key, in development too', async (t) => {
+  for (const env of [{ NODE_ENV: 'development' }, { NODE_ENV: 'test' }]) {
+    const { url, wsUrl } = await build(t, { env })
+    for (const path of ['/', '/demo.css', '/client/index.js']) t.equal((await fetch(url + path)).status, 404, `${env.NODE_ENV}: ${path}`)
+    const token = await fetch(`${url}/dev/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"sub":"x","service":true}' })
+    t.equal(token.status, 404, `${env.NODE_ENV}: POST /dev/token`)
+    // The configured key itself works.
+    const ws = await fetch(wsUrl.replace('ws:', 'http:'), { headers: { authorization: `Bearer ${userToken('x')}` } })
+    t.equal(ws.status, 426, `${env.NODE_ENV}: the gateway is up and takes its key`)
+  }
 })

@@ -40,13 +40,13 @@ export function signJwt (claims: Claims, opts: { alg?: string, key?: string | Bu
 
 export const nowSec = (): number => Math.floor(Date.now() / 1000)
 
-/** A valid user token for `sub`, expiring in an hour unless overridden. */
-export function userToken (sub: string, claims: Claims = {}): string {
-  return signJwt({ sub, iat: nowSec(), exp: nowSec() + 3600, ...claims })
+/** A valid user token for `sub`, expiring in an hour unless overridden; signed with `key` (the test secret by default). */
+export function userToken (sub: string, claims: Claims = {}, key?: string): string {
+  return signJwt({ sub, iat: nowSec(), exp: nowSec() + 3600, ...claims }, { key })
 }
 
-export function serviceToken (sub = 'svc', claims: Claims = {}): string {
-  return userToken(sub, { scope: 'alerts:publish', ...claims })
+export function serviceToken (sub = 'svc', claims: Claims = {}, key?: string): string {
+  return userToken(sub, { scope: 'alerts:publish', ...claims }, key)
 }
 
 export function rsaKeyPair (): { publicPem: string, privateKey: KeyObject } {
