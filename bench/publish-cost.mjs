@@ -42,7 +42,8 @@ const server = await startServer({
     JWT_SECRET: BENCH_SECRET,
     REDIS_URL: redis.url,
     LOG_LEVEL: 'warn',
-    REST_RATE_LIMIT_PER_MINUTE: '100000000'
+    REST_RATE_LIMIT_PER_MINUTE: '100000000',
+    PUBLISH_RATE_LIMIT_PER_MINUTE: '100000000'
   }
 })
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })

@@ -52,6 +52,7 @@ export interface GatewayConfig {
     maxPendingHandshakes: number
     ipSlotTtlMs: number
     restRateLimitPerMinute: number
+    publishRateLimitPerMinute: number
   }
   spike: {
     windowMs: number
@@ -224,18 +225,27 @@ function parseTrustProxy (value: string): boolean | number | string[] {
   return list
 }
 
-/** Normalises an origin for comparison: lower case, default port dropped. */
+const DEFAULT_PORT: Record<string, string> = { 'http:': '80', 'https:': '443' }
+
+/**
+ * Normalises an origin for comparison: lower case, default port dropped.
+ * Only a serialized origin (`scheme://host[:port]`, what `new URL(x).origin`
+ * gives back) is one: a path, credentials, a query or percent-escapes make
+ * the value no origin at all (null), never a lookalike of an allowed one.
+ */
 export function normaliseOrigin (origin: string): string | null {
-  if (origin === 'null') return null
+  const lowered = origin.toLowerCase()
   let url: URL
   try {
-    url = new URL(origin)
+    url = new URL(lowered)
   } catch {
     return null
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return null
-  // URL drops the scheme's default port and lower-cases scheme and host.
-  return `${url.protocol}//${url.host}`
+  const port = DEFAULT_PORT[url.protocol]
+  if (port === undefined) return null
+  // URL drops the scheme's default port; an explicit one is still the same origin.
+  if (lowered !== url.origin && lowered !== `${url.origin}:${port}`) return null
+  return url.origin
 }
 
 function parseOrigins (value: string | undefined): Set<string> | null {
@@ -243,7 +253,7 @@ function parseOrigins (value: string | undefined): Set<string> | null {
   const set = new Set<string>()
   for (const entry of value.split(',').map((s) => s.trim()).filter(Boolean)) {
     const normalised = normaliseOrigin(entry)
-    if (normalised === null) throw new ConfigError('ALLOWED_ORIGINS', `"${entry}" is not an http(s) origin`)
+    if (normalised === null) throw new ConfigError('ALLOWED_ORIGINS', `"${entry}" is not an http(s) origin (scheme://host[:port], nothing after it)`)
     set.add(normalised)
   }
   return set
@@ -313,7 +323,8 @@ export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.
       handshakeTimeoutMs: env.HANDSHAKE_TIMEOUT_MS,
       maxPendingHandshakes: env.MAX_PENDING_HANDSHAKES,
       ipSlotTtlMs: env.IP_SLOT_TTL_MS,
-      restRateLimitPerMinute: env.REST_RATE_LIMIT_PER_MINUTE
+      restRateLimitPerMinute: env.REST_RATE_LIMIT_PER_MINUTE,
+      publishRateLimitPerMinute: env.PUBLISH_RATE_LIMIT_PER_MINUTE
     },
     spike: {
       windowMs: env.SPIKE_WINDOW_MS,

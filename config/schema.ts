@@ -56,6 +56,7 @@ export const EnvSchema = Type.Object({
   MAX_PENDING_HANDSHAKES: Type.Integer({ default: 1000, minimum: 1 }),
   IP_SLOT_TTL_MS: Millis(90000, 1000),
   REST_RATE_LIMIT_PER_MINUTE: Type.Integer({ default: 600, minimum: 1 }),
+  PUBLISH_RATE_LIMIT_PER_MINUTE: Type.Integer({ default: 60000, minimum: 1 }),
   SPIKE_WINDOW_MS: Millis(10000, 100),
   SPIKE_BASELINE_WINDOWS: Type.Integer({ default: 30, minimum: 2 }),
   SPIKE_FACTOR: Type.Number({ default: 5, minimum: 1 }),

@@ -6,13 +6,19 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { normaliseOrigin, type JwtConfig } from '../config/index.js'
 import { JwksKeys } from '../src/jwks.js'
 import {
-  OriginRefusedError, ScopeMissingError,
+  BusUnavailableError, OriginRefusedError, ScopeMissingError,
   TokenInvalidError, TokenMissingError, TokenRevokedError
 } from '../src/errors.js'
 
 export const ACCESS_TOKEN_COOKIE = 'access_token'
 export const PUBLISH_SCOPE = 'alerts:publish'
 const MAX_SUB_LENGTH = 256
+/**
+ * Largest accepted lead of `iat` over this clock. Logout revokes tokens
+ * issued up to its second, so a token dated further ahead could outlive
+ * every logout.
+ */
+export const MAX_IAT_SKEW_SEC = 30
 
 /** Claims the gateway relies on; `sub` and `exp` are required. */
 export interface TokenClaims {
@@ -30,20 +36,31 @@ export interface AuthOptions {
   jwt: JwtConfig
   /** Normalised allowed origins; null allows any (including none). */
   allowedOrigins: Set<string> | null
+  /** Warn at registration when no origin list guards the browser-style token sources (production). */
+  warnOpenOrigins?: boolean
   /** The user's revocation second (epoch s), or null; throws when unknown. */
   revokedBefore: (userId: string) => Promise<number | null>
 }
 
-/** Finds the token: `?token=`, then `Authorization: Bearer`, then the cookie. */
+/** The token of an `Authorization: Bearer` header: the only source on REST routes. */
+export function bearerToken (request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization
+  if (typeof header !== 'string') return undefined
+  const match = /^Bearer[ \t]+(\S+)\s*$/i.exec(header)
+  return match === null ? undefined : match[1]
+}
+
+/**
+ * Finds the token of a `/ws` upgrade: `?token=`, then `Authorization:
+ * Bearer`, then the cookie. A browser can only use the first and the last,
+ * which is why no REST route accepts them (a cross-site form could send them).
+ */
 export function extractToken (request: FastifyRequest): string | undefined {
   const query = request.query as Record<string, unknown> | undefined
   const fromQuery = query?.token
   if (typeof fromQuery === 'string' && fromQuery !== '') return fromQuery
-  const header = request.headers.authorization
-  if (typeof header === 'string') {
-    const match = /^Bearer[ \t]+(\S+)\s*$/i.exec(header)
-    if (match !== null) return match[1]
-  }
+  const fromHeader = bearerToken(request)
+  if (fromHeader !== undefined) return fromHeader
   const cookie = request.cookies?.[ACCESS_TOKEN_COOKIE]
   if (typeof cookie === 'string' && cookie !== '') return cookie
   return undefined
@@ -86,6 +103,9 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     cache: 10000,
     cacheTTL: 600000
   }
+  if (opts.warnOpenOrigins === true && allowedOrigins === null) {
+    fastify.log.warn('ALLOWED_ORIGINS is unset: any web page can open /ws with a token the browser holds (?token= or the access_token cookie); set it to your frontend origins')
+  }
   await fastify.register(fastifyCookie)
   let verify: (token: string) => TokenClaims | Promise<TokenClaims>
   if (jwt.key !== undefined) {
@@ -98,7 +118,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   } else {
     // @fastify/jwt wants a static key for verify(); with JWKS, fast-jwt (its
     // engine) is used directly with an async key lookup by `kid`.
-    const keys = new JwksKeys(jwt.jwksUrl as string)
+    const keys = new JwksKeys(jwt.jwksUrl as string, { log: fastify.log })
     verify = createVerifier({ ...verifyOptions, key: async (decoded: { header: { kid?: unknown } }) => keys.get(decoded.header.kid) })
   }
 
@@ -113,6 +133,10 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     if (typeof claims.sub !== 'string' || claims.sub === '' || claims.sub.length > MAX_SUB_LENGTH || typeof claims.exp !== 'number') {
       throw new TokenInvalidError()
     }
+    if (typeof claims.iat === 'number' && claims.iat > Date.now() / 1000 + MAX_IAT_SKEW_SEC) {
+      fastify.log.debug({ userId: claims.sub }, 'token refused: issued in the future')
+      throw new TokenInvalidError()
+    }
     return claims
   }
 
@@ -121,25 +145,28 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     try {
       before = await revokedBefore(claims.sub)
     } catch (err) {
-      // Revocations cannot be read while the bus is down. Open sessions and
-      // publishers keep working; a new session cannot be coordinated then
-      // and is refused at its claim, and logout events resume with the bus.
-      fastify.log.warn({ err: (err as Error).message, userId: claims.sub }, 'revocation not checked: bus unavailable')
-      return
+      // Fail closed: a token whose revocation cannot be read (Redis down or
+      // stalled) is never accepted, whatever the later steps would do.
+      fastify.log.warn({ err: (err as Error).message, userId: claims.sub }, 'token refused: revocation could not be checked')
+      throw new BusUnavailableError()
     }
     if (isRevoked(claims, before)) throw new TokenRevokedError()
   }
 
-  async function verifyRequest (request: FastifyRequest): Promise<TokenClaims> {
-    const token = extractToken(request)
+  async function verifyFrom (request: FastifyRequest, token: string | undefined): Promise<TokenClaims> {
     if (token === undefined) throw new TokenMissingError()
     const claims = await verifyToken(token)
     request.user = claims
     return claims
   }
 
+  async function verifyRequest (request: FastifyRequest): Promise<TokenClaims> {
+    return verifyFrom(request, extractToken(request))
+  }
+
+  /** REST: the Bearer header only, verified and not revoked. */
   async function authenticate (request: FastifyRequest): Promise<TokenClaims> {
-    const claims = await verifyRequest(request)
+    const claims = await verifyFrom(request, bearerToken(request))
     await checkRevoked(claims)
     return claims
   }
@@ -172,7 +199,7 @@ export default fp(authPlugin, { name: 'auth', fastify: '5.x' })
 declare module 'fastify' {
   interface FastifyInstance {
     verifyToken: (token: string) => Promise<TokenClaims>
-    /** The request's token verified (401 otherwise) and set as `request.user`; revocation not checked. */
+    /** The upgrade's token (query, Bearer or cookie) verified (401 otherwise) and set as `request.user`; revocation not checked. */
     verifyRequest: (request: FastifyRequest) => Promise<TokenClaims>
     checkRevoked: (claims: TokenClaims) => Promise<void>
     checkOrigin: (request: FastifyRequest) => void

@@ -34,6 +34,13 @@ export interface Limits {
    * client's body is never read. The limit answers first (429).
    */
   rest: (check: RequestCheck) => onRequestAsyncHookHandler
+  /**
+   * An onRequest hook for POST /alerts: `check` authenticates the publisher;
+   * a valid one is limited by its identity (`request.user.sub`), a request
+   * refused for its token (401/403) by the per-address limit. Either way a
+   * limited client's body is never read.
+   */
+  publish: (check: RequestCheck) => onRequestAsyncHookHandler
   /** Takes a per-address connection slot; resolves to its release function. */
   acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<() => void>
 }
@@ -41,7 +48,8 @@ export interface Limits {
 /**
  * Decorates `fastify.limits`: per-user connect attempts (@fastify/rate-limit,
  * Redis store when clustered), concurrent connections per client address
- * (exact under concurrency: a Lua check-and-add on Redis), REST limits.
+ * (exact under concurrency: a Lua check-and-add on Redis), REST limits per
+ * client address, publish limits per publishing service.
  */
 async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
   const { limits, redis, instanceId, keyPrefix } = opts
@@ -91,12 +99,29 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
     keyGenerator: (request) => `rest:${addressKey(request.ip)}`
   })
 
+  const publishLimit = fastify.rateLimit({
+    max: limits.publishRateLimitPerMinute,
+    timeWindow: 60_000,
+    // Runs after authentication: the key is the verified service id.
+    keyGenerator: (request) => `pub:${request.user.sub}`
+  })
+
   const decorated: Limits = {
     connectAttempt: async (request, reply) => { await attempts.call(fastify, request, reply) },
     rest: (check) => async function limitedRequest (request, reply) {
       const [limit, checked] = await Promise.allSettled([restLimit.call(fastify, request, reply), check(request)])
       if (limit.status === 'rejected') throw limit.reason
       if (checked.status === 'rejected') throw checked.reason
+    },
+    publish: (check) => async function limitedPublish (request, reply) {
+      try {
+        await check(request)
+      } catch (err) {
+        const status = (err as { statusCode?: number }).statusCode
+        if (status === 401 || status === 403) await restLimit.call(fastify, request, reply)
+        throw err
+      }
+      await publishLimit.call(fastify, request, reply)
     },
     acquireConnection
   }

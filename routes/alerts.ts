@@ -23,7 +23,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
       body: PublishAlertSchema,
       response: { 202: PublishResultSchema }
     },
-    onRequest: [limits.rest(fastify.authenticateService)],
+    onRequest: [limits.publish(fastify.authenticateService)],
     // Sanitise before validation, so the length bounds apply to what is sent.
     preValidation: async (request) => { sanitiseAlertBody(request.body) }
   }, async (request, reply) => {

@@ -3,7 +3,7 @@ import { BusUnavailableError } from '../src/errors.js'
 
 /** POST /auth/logout: revokes the caller's tokens and closes their sockets. */
 export default async function authRoutes (fastify: FastifyInstance) {
-  const { bus, sessions, gatewayConfig: config, limits } = fastify
+  const { bus, claims, gatewayConfig: config, limits } = fastify
 
   fastify.post('/auth/logout', {
     onRequest: [limits.rest(fastify.authenticateUser)]
@@ -18,7 +18,7 @@ export default async function authRoutes (fastify: FastifyInstance) {
       request.log.warn({ err }, 'revocation not stored')
       throw new BusUnavailableError()
     }
-    sessions.applyLogout(sub, before)
+    claims.onLogout(sub, before)
     request.log.info({ userId: sub }, 'user logged out')
     return reply.code(204).send()
   })

@@ -3,11 +3,12 @@ import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { CloseCode } from '../src/close-codes.js'
-import { ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError } from '../src/errors.js'
+import { BusUnavailableError, ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError, TokenRevokedError } from '../src/errors.js'
 import { handleMessage, type MessageContext } from '../src/message-handler.js'
 import type { WelcomeFrame } from '../src/messages.js'
 import type { ConnectionResult } from '../src/metric-names.js'
 import { Session } from '../src/session.js'
+import { isRevoked } from '../plugins/auth.js'
 
 /** What a request reserved before the upgrade; released if no session takes it. */
 interface Reservation {
@@ -103,13 +104,21 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     const [slot, claim] = await Promise.allSettled([limits.acquireConnection(request, reply), claims.claim(userId)])
     if (slot.status === 'fulfilled') reservation.releases.push(slot.value)
     if (claim.status === 'fulfilled') {
-      reservation.generation = claim.value
+      reservation.generation = claim.value.generation
       reservation.releases.push(() => claims.release(userId))
     }
     if (slot.status === 'rejected' || claim.status === 'rejected') {
       release(reservation)
       // The address limit (429) is the answer when both fail.
-      throw slot.status === 'rejected' ? slot.reason : (claim as PromiseRejectedResult).reason
+      if (slot.status === 'rejected') throw slot.reason
+      request.log.warn({ err: (claim as PromiseRejectedResult).reason }, 'user claim failed')
+      throw new BusUnavailableError()
+    }
+    // Read after the subscription was in place: a logout that raced the
+    // checks in onRequest is seen here, or arrives as an event (onConnection).
+    if (isRevoked(request.user, claim.value.revokedBefore)) {
+      release(reservation)
+      throw new TokenRevokedError()
     }
     if (gone()) {
       // Gone while we waited on Redis, possibly before the listener above.
@@ -191,6 +200,10 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     if (registry.send(session, Buffer.from(JSON.stringify(welcome)))) metrics.messagesSent.inc()
     request.raw.socket?.uncork()
 
+    if (claims.loggedOutSince(session.userId, session.tokenIatSec)) {
+      session.close(CloseCode.LOGGED_OUT)
+      return
+    }
     if (claims.superseded(session.userId, session.generation)) {
       session.close(CloseCode.REPLACED)
       return

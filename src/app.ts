@@ -93,6 +93,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   await app.register(authPlugin, {
     jwt: config.jwt,
     allowedOrigins: config.allowedOrigins,
+    warnOpenOrigins: config.env === 'production',
     revokedBefore: (userId: string) => app.bus.revokedBefore(userId)
   })
   await app.register(limitsPlugin, { limits: config.limits, redis: app.redis, instanceId, keyPrefix: options.redisPrefix ?? 'gw:' })
@@ -107,7 +108,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
     onUserEvent: (userId, event) => {
       if (event.type === 'alert') sessions.sendToUser(userId, event.frame)
       else if (event.type === 'claim') claims.onRemoteClaim(userId, event.generation)
-      else sessions.applyLogout(userId, event.before)
+      else claims.onLogout(userId, event.before)
     },
     onConnectedChange: (connected) => app.metrics.busConnected.set(connected ? 1 : 0)
   })

@@ -68,9 +68,15 @@ async function reauthenticate (ctx: MessageContext, session: Session, token: str
   }
   try {
     await ctx.checkRevoked(claims)
-  } catch {
+  } catch (err) {
     ctx.metrics.rejected('auth_failed')
-    session.close(CloseCode.LOGGED_OUT)
+    if ((err as { statusCode?: number }).statusCode === 403) {
+      session.close(CloseCode.LOGGED_OUT)
+    } else {
+      // Revocation unknown (the bus is down): the new token is not taken;
+      // the session keeps its current one and its deadline, and may retry.
+      reply(ctx, session, { type: 'error', code: MessageErrorCode.AUTH_FAILED, message: 'token could not be checked, try again' })
+    }
     return
   }
   if (session.closing) return

@@ -1,6 +1,14 @@
 import type { Bus } from '../plugins/bus/types.js'
 import type { SessionRegistry } from './session-registry.js'
 
+/** What a connection holds once it claimed its user. */
+export interface Claim {
+  /** Cluster-wide, strictly increasing per user. */
+  generation: number
+  /** The user's revocation second read after subscribing, or null. */
+  revokedBefore: number | null
+}
+
 /**
  * Newest connection wins, cluster-wide. A connection claims its user before
  * the upgrade: subscribe to the user's events first, then take the next
@@ -9,12 +17,19 @@ import type { SessionRegistry } from './session-registry.js'
  * MAX_CONNECTIONS_PER_USER. Subscribing before taking the generation means
  * every later claim is seen; remembering the newest generation seen covers a
  * claim that arrives before our own INCR answer does.
+ *
+ * Logout races the same way: the revocation is read again after the
+ * subscription is in place (a logout published before it was stored before
+ * it, so the read sees it), and a logout event that arrives before the
+ * session is registered is remembered until the session asks
+ * (`loggedOutSince`). Either way a connection racing a logout is closed.
  */
 export class UserClaims {
   readonly #bus: Bus
   readonly #registry: SessionRegistry
   readonly #maxPerUser: number
   readonly #newest = new Map<string, number>()
+  readonly #logouts = new Map<string, number>()
   readonly #watchers = new Map<string, number>()
 
   constructor (bus: Bus, registry: SessionRegistry, maxPerUser: number) {
@@ -23,8 +38,11 @@ export class UserClaims {
     this.#maxPerUser = maxPerUser
   }
 
-  /** Subscribes and takes a generation; call release() unless it throws. */
-  async claim (userId: string): Promise<number> {
+  /**
+   * Subscribes, then takes a generation and reads the revocation (one round
+   * trip); call release() unless it throws.
+   */
+  async claim (userId: string): Promise<Claim> {
     this.#watchers.set(userId, (this.#watchers.get(userId) ?? 0) + 1)
     try {
       await this.#bus.watchUser(userId)
@@ -33,7 +51,11 @@ export class UserClaims {
       throw err
     }
     try {
-      return await this.#bus.nextGeneration(userId)
+      const [generation, revokedBefore] = await Promise.all([
+        this.#bus.nextGeneration(userId),
+        this.#bus.revokedBefore(userId)
+      ])
+      return { generation, revokedBefore }
     } catch (err) {
       this.release(userId)
       throw err
@@ -58,6 +80,24 @@ export class UserClaims {
     this.#registry.applyClaim(userId, generation)
   }
 
+  /**
+   * The user logged out at `before` (here or on another instance): close the
+   * sessions it revokes, and remember it for connections still completing.
+   */
+  onLogout (userId: string, before: number): void {
+    if (this.#watchers.has(userId) && before > (this.#logouts.get(userId) ?? -1)) this.#logouts.set(userId, before)
+    this.#registry.applyLogout(userId, before)
+  }
+
+  /**
+   * True when a logout seen since the claim revokes a token issued at
+   * `iatSec` (null: no `iat`, revoked by any logout).
+   */
+  loggedOutSince (userId: string, iatSec: number | null): boolean {
+    const before = this.#logouts.get(userId)
+    return before !== undefined && (iatSec === null || iatSec <= before)
+  }
+
   release (userId: string): void {
     this.#bus.unwatchUser(userId)
     this.#unref(userId)
@@ -70,6 +110,7 @@ export class UserClaims {
     } else {
       this.#watchers.delete(userId)
       this.#newest.delete(userId)
+      this.#logouts.delete(userId)
     }
   }
 

@@ -147,6 +147,7 @@ t.test('every setting is carried into the configuration', async (t) => {
     MAX_PENDING_HANDSHAKES: '50',
     IP_SLOT_TTL_MS: '5000',
     REST_RATE_LIMIT_PER_MINUTE: '100',
+    PUBLISH_RATE_LIMIT_PER_MINUTE: '1000',
     SPIKE_WINDOW_MS: '1000',
     SPIKE_BASELINE_WINDOWS: '3',
     SPIKE_FACTOR: '2.5',
@@ -188,7 +189,8 @@ t.test('every setting is carried into the configuration', async (t) => {
     handshakeTimeoutMs: 3000,
     maxPendingHandshakes: 50,
     ipSlotTtlMs: 5000,
-    restRateLimitPerMinute: 100
+    restRateLimitPerMinute: 100,
+    publishRateLimitPerMinute: 1000
   })
   t.same(config.spike, { windowMs: 1000, baselineWindows: 3, factor: 2.5, minConnects: 10 })
   t.equal(config.shutdownTimeoutMs, 2500)
@@ -396,7 +398,10 @@ t.test('ALLOWED_ORIGINS', async (t) => {
   const dir = t.testdir()
   const origins = loadConfig(withSecret({ ALLOWED_ORIGINS: 'HTTPS://App.Example.COM:443,http://localhost:3000 , http://[::1]:80' }), dir).allowedOrigins
   t.same([...origins ?? []], ['https://app.example.com', 'http://localhost:3000', 'http://[::1]'])
-  for (const bad of ['ftp://files.example.com', 'app.example.com', 'null', 'https://ok.example,javascript:alert(1)']) {
+  for (const bad of [
+    'ftp://files.example.com', 'app.example.com', 'null', 'https://ok.example,javascript:alert(1)',
+    'https://app.example.com/', 'https://app.example.com/evil/path', 'https://attacker@app.example.com', 'https://app%2eexample.com'
+  ]) {
     const error = refuses(t, withSecret({ ALLOWED_ORIGINS: bad }), 'ALLOWED_ORIGINS')
     t.match(error.message, /is not an http\(s\) origin/)
   }
@@ -417,6 +422,17 @@ t.test('normaliseOrigin', async (t) => {
   t.equal(normaliseOrigin('ws://app.example.com'), null)
   t.not(normaliseOrigin('https://app.example.com'), normaliseOrigin('http://app.example.com'), 'the scheme matters')
   t.not(normaliseOrigin('https://app.example.com'), normaliseOrigin('https://app.example.com:444'), 'the port matters')
+})
+
+// Regression: matching accepted values that only contain an allowed origin.
+t.test('normaliseOrigin accepts only a serialized origin', async (t) => {
+  for (const lookalike of [
+    'https://app.example.com/evil/path', 'https://app.example.com/', 'https://attacker@app.example.com',
+    'https://user:pass@app.example.com', 'https://app%2eexample.com', 'https://app.example.com?x=1',
+    'https://app.example.com#x', ' https://app.example.com', 'https://app.example.com:0443'
+  ]) {
+    t.equal(normaliseOrigin(lookalike), null, lookalike)
+  }
 })
 
 t.test('development secret', async (t) => {

@@ -114,7 +114,6 @@ t.test('Redis outage and recovery', async (t) => {
   const during = await publish(a.url, svc, { target: { all: true }, severity: 'warning', title: 'during outage' })
   t.equal(during.status, 503, 'POST /alerts reports the bus is unreachable')
   t.ok(Date.now() - started < 5000, 'and answers within the bound')
-  t.equal((await onA.next('alert')).title, 'during outage', 'local delivery continues')
   t.equal(onA.ws.readyState, onA.ws.OPEN, 'open sockets survive the outage')
   t.equal(onB.ws.readyState, onB.ws.OPEN)
   t.equal((await TestClient.refused(a.wsUrl, { token: userToken('new') })).status, 503, 'new upgrades cannot be coordinated')

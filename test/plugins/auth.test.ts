@@ -138,6 +138,10 @@ t.test('ALLOWED_ORIGINS refuses foreign origins with 403 and accepts listed ones
     ['listed host with another port', 'http://localhost:8081'],
     ['a subdomain of a listed host', 'https://x.app.example.com'],
     ['Origin: null', 'null'],
+    // Regression: these contain an allowed origin but are not one.
+    ['allowed origin with a path', 'https://app.example.com/evil/path'],
+    ['allowed origin with credentials', 'https://attacker@app.example.com'],
+    ['allowed host percent-encoded', 'https://app%2eexample.com'],
     ['not a URL', 'app.example.com'],
     ['not http(s)', 'file://app.example.com']
   ]
@@ -269,9 +273,9 @@ t.test('the plugin on its own', async (t) => {
     }), /auth: option revokedBefore must be a function/)
   })
 
-  t.test('a revocation lookup that fails does not refuse a valid token', async (t) => {
-    // Open sessions and publishers keep working while the bus is down; new
-    // sessions are refused later, where they need the bus (their claim).
+  t.test('a revocation lookup that fails refuses the token with 503 (fails closed)', async (t) => {
+    // Open sessions keep working while the bus is down; a token whose
+    // revocation cannot be read is never accepted.
     const app = Fastify()
     t.teardown(() => app.close())
     await app.register(authPlugin, {
@@ -281,8 +285,8 @@ t.test('the plugin on its own', async (t) => {
     })
     app.get('/me', { onRequest: [app.authenticateUser] }, async (request) => ({ sub: request.user.sub }))
     const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${userToken('u1')}` } })
-    t.equal(res.statusCode, 200)
-    t.same(res.json(), { sub: 'u1' })
+    t.equal(res.statusCode, 503)
+    t.equal(res.json().code, 'WS_BUS_UNAVAILABLE')
   })
 
   t.test('a token without iat is revoked by any logout', async (t) => {
@@ -295,4 +299,58 @@ t.test('the plugin on its own', async (t) => {
     t.equal(await inject(userToken('u1', { iat: nowSec() - 7200 })), 403, 'iat before the logout')
     t.equal(await inject(userToken('u1')), 200, 'iat after the logout')
   })
+})
+
+// Regression (logout by CSRF): a cross-site simple request carrying only the
+// access_token cookie (or ?token=) logged the user out. REST routes take the
+// Authorization: Bearer header only; the cookie and query stay for /ws.
+t.test('logout by CSRF through the cookie or the query is refused with 401', async (t) => {
+  const { url, wsUrl } = await build(t)
+  const sub = newUser()
+  const token = userToken(sub)
+  const { client } = await TestClient.connect(wsUrl, { token })
+  const csrf = await request(`${url}/auth/logout`, {
+    method: 'POST',
+    headers: { cookie: `access_token=${token}`, origin: 'https://evil.example', 'content-type': 'text/plain' },
+    body: 'x'
+  })
+  t.equal(csrf.status, 401, 'the cookie alone does not authenticate a logout')
+  t.equal((await request(`${url}/auth/logout?token=${token}`, { method: 'POST' })).status, 401, 'nor the query')
+  const publish = await request(`${url}/alerts?token=${serviceToken()}`, {
+    method: 'POST',
+    headers: { cookie: `access_token=${serviceToken()}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ target: { all: true }, severity: 'info', title: 'x' })
+  })
+  t.equal(publish.status, 401, 'POST /alerts takes neither')
+  client.send({ type: 'ping', id: 1 })
+  t.same(await client.next('pong'), { type: 'pong', id: 1 }, 'the session is still open')
+  const bearer = await request(`${url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })
+  t.equal(bearer.status, 204, 'the Bearer header does')
+  t.equal((await client.waitClosed()).code, 4403)
+})
+
+// Regression (unrevocable token): a token with `iat` in the future was never
+// revoked by logout, which revokes tokens issued up to its second.
+t.test('a token issued more than 30 s in the future is refused with 401', async (t) => {
+  const { url, wsUrl } = await build(t)
+  const sub = newUser()
+  t.equal(await handshake(wsUrl, { token: userToken(sub, { iat: nowSec() + 3600 }) }), 401, 'an hour ahead')
+  t.equal(await handshake(wsUrl, { token: userToken(sub, { iat: nowSec() + 40 }) }), 401, '40 s ahead')
+  t.equal(await handshake(wsUrl, { token: userToken(sub, { iat: nowSec() + 5 }) }), 101, 'a small clock skew is tolerated')
+  const publish = await request(`${url}/alerts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${serviceToken('svc', { iat: nowSec() + 3600 })}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ target: { all: true }, severity: 'info', title: 'x' })
+  })
+  t.equal(publish.status, 401, 'also on REST routes')
+})
+
+t.test('production warns at start while ALLOWED_ORIGINS is unset (browser-style tokens are accepted on /ws)', async (t) => {
+  const production = { NODE_ENV: 'production', SINGLE_INSTANCE: 'true', TRUST_PROXY: '127.0.0.1' }
+  const open = await build(t, { env: production, captureLogs: 'warn', listen: false })
+  t.match(open.logs.join(''), /ALLOWED_ORIGINS is unset/)
+  const guarded = await build(t, { env: { ...production, ALLOWED_ORIGINS: 'https://app.example.com' }, captureLogs: 'warn', listen: false })
+  t.notMatch(guarded.logs.join(''), /ALLOWED_ORIGINS/)
+  const development = await build(t, { captureLogs: 'warn', listen: false })
+  t.notMatch(development.logs.join(''), /ALLOWED_ORIGINS/, 'not outside production')
 })

@@ -12,8 +12,8 @@ function rsa (): { jwk: object, privateKey: KeyObject } {
 }
 
 /** A JWKS endpoint whose key set the test can change; counts its fetches. */
-async function jwksServer (t: Parameters<typeof build>[0]): Promise<{ url: string, keys: object[], fetches: () => number, status: { code: number } }> {
-  const keys: object[] = []
+async function jwksServer (t: Parameters<typeof build>[0]): Promise<{ url: string, keys: Array<object | null>, fetches: () => number, status: { code: number } }> {
+  const keys: Array<object | null> = []
   const status = { code: 200 }
   let fetches = 0
   const server = createServer((req, res) => {
@@ -68,4 +68,32 @@ t.test('an unknown kid refetches the key set once the interval has passed (rotat
   const { welcome } = await TestClient.connect(wsUrl, { token: signJwt({ sub: 'rotated', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 600 }, { alg: 'RS256', key: rotated.privateKey, header: { kid: 'k2' } }) })
   t.equal(welcome.userId, 'rotated', 'the rotated key is fetched and used')
   t.equal(endpoint.fetches(), 2)
+})
+
+t.test('one bad JWKS key does not reject every token: it is skipped and logged once', async (t) => {
+  const endpoint = await jwksServer(t)
+  const good = rsa()
+  endpoint.keys.push({ kty: 'oct', kid: 'k0' }, null, { ...good.jwk, kid: 'k1' })
+  const { wsUrl, logs } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url }, captureLogs: 'warn' })
+  for (const sub of ['first', 'second']) {
+    const { welcome, client } = await TestClient.connect(wsUrl, { token: signJwt(claims(sub), { alg: 'RS256', key: good.privateKey, header: { kid: 'k1' } }) })
+    t.equal(welcome.userId, sub, `a token signed by the good key is accepted beside the bad one (${sub})`)
+    await client.close()
+  }
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'HS256', key: 'x'.repeat(40), header: { kid: 'k0' } }) })).status, 401, 'the bad key verifies nothing')
+
+  // A refetch (for the unknown kid k0) finds the bad key again: it is not logged again.
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  Date.now = () => realNow() + 31_000
+  const later = { sub: 'later', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 600 }
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(later, { alg: 'RS256', key: good.privateKey, header: { kid: 'k0' } }) })).status, 401)
+  t.equal(endpoint.fetches(), 2, 'the key set was fetched again')
+  const { welcome, client } = await TestClient.connect(wsUrl, { token: signJwt(later, { alg: 'RS256', key: good.privateKey, header: { kid: 'k1' } }) })
+  t.equal(welcome.userId, 'later', 'the good key still verifies after the refetch')
+  await client.close()
+
+  const warnings = logs.map((line) => JSON.parse(line)).filter((entry) => entry.kid === 'k0')
+  t.equal(warnings.length, 1, 'the bad key is logged once, not per token or per fetch')
+  t.match(warnings[0], { level: 40, kid: 'k0', msg: /JWKS key/ })
 })

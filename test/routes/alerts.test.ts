@@ -259,25 +259,39 @@ t.test('with Redis: delivered counts this instance, other instances deliver thro
   await waitForStatus(`${a.url}/ready`, 503)
   const down = await publish(a.url, alertTo({ all: true }, { title: 'During the outage' }))
   t.equal(down.status, 503, 'the bus is unreachable -> 503')
-  t.match(await alice.next('alert'), { title: 'During the outage' }, 'local delivery continues')
   const downUser = await publish(a.url, alertTo({ userId: 'alice' }))
   t.equal(downUser.status, 503, 'per-user alerts too')
+  await barrier(alice)
+  t.same(alertsOf(alice).map((m) => m.id), [broadcast.body.id, fromB.body.id], 'a 503 delivered nothing: a retry cannot deliver twice')
   t.notMatch(JSON.stringify(down.body), /ECONNREFUSED|Stream|ioredis/i, 'no internal detail in the answer')
 })
 
-t.test('REST_RATE_LIMIT_PER_MINUTE: 429 per client address, counted before authentication', async (t) => {
+t.test('REST_RATE_LIMIT_PER_MINUTE: 429 per client address for logouts and requests refused for their token', async (t) => {
   const { url } = await build(t, { env: { REST_RATE_LIMIT_PER_MINUTE: '3' } })
   t.equal((await publish(url, alertTo({ all: true }), null)).status, 401, 'no token: refused, and counted')
-  t.equal((await publish(url, alertTo({ all: true }))).status, 202)
   const logout = await fetch(`${url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('rest-limit')}` } })
-  t.equal(logout.status, 204, 'logout shares the address budget')
-  const limited = await fetch(`${url}/alerts`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${serviceToken()}`, 'content-type': 'application/json' },
-    body: JSON.stringify(alertTo({ all: true }))
-  })
-  t.equal(limited.status, 429, 'the fourth request this minute')
+  t.equal(logout.status, 204, 'logout counts on the address too')
+  for (let i = 0; i < 5; i++) t.equal((await publish(url, alertTo({ all: true }))).status, 202, `valid publish ${i + 1} is not counted by address`)
+  t.equal((await publish(url, alertTo({ all: true }), 'garbage')).status, 401, 'a bad token: refused, and counted (the third)')
+  const limited = await fetch(`${url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('rest-limit-2')}` } })
+  t.equal(limited.status, 429, 'the fourth counted request this minute')
   t.ok(Number(limited.headers.get('retry-after')) > 0, 'with Retry-After')
   t.equal((await publish(url, alertTo({ all: true }), 'garbage')).status, 429, 'a bad token over the limit gets 429, not 401')
-  t.equal((await publish(url, '{not json')).status, 429, 'a limited client\'s body is not read')
+  t.equal((await publish(url, '{not json', 'garbage')).status, 429, 'a limited client\'s body is not read')
+  t.equal((await publish(url, alertTo({ all: true }))).status, 202, 'a valid publisher from the same address is limited by its identity only')
+})
+
+// Regression: a backend publishing from one address got 429 after
+// REST_RATE_LIMIT_PER_MINUTE requests, although its token was valid.
+t.test('PUBLISH_RATE_LIMIT_PER_MINUTE: publishers are limited by token sub, not by address', async (t) => {
+  const { url } = await build(t, { env: { REST_RATE_LIMIT_PER_MINUTE: '2', PUBLISH_RATE_LIMIT_PER_MINUTE: '4' } })
+  for (let i = 0; i < 4; i++) t.equal((await publish(url, alertTo({ all: true }), serviceToken('svc-a'))).status, 202, `svc-a publish ${i + 1}`)
+  const limited = await fetch(`${url}/alerts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${serviceToken('svc-a')}`, 'content-type': 'application/json' },
+    body: '{not json'
+  })
+  t.equal(limited.status, 429, 'the fifth publish of svc-a this minute, before its body is read')
+  t.ok(Number(limited.headers.get('retry-after')) > 0, 'with Retry-After')
+  for (let i = 0; i < 4; i++) t.equal((await publish(url, alertTo({ all: true }), serviceToken('svc-b'))).status, 202, `svc-b, same address, publish ${i + 1}`)
 })

@@ -2,7 +2,7 @@ import t from 'tap'
 import type { Socket } from 'node:net'
 import WebSocket from 'ws'
 import { build } from '../helpers/build.js'
-import { userToken } from '../helpers/tokens.js'
+import { nowSec, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 
 // Races of the cluster, ordered by hand through the app's own objects.
@@ -57,10 +57,37 @@ t.test('a client gone while its claim was pending leaves no slot behind', async 
 t.test('a claim that fails while the address slot was taken answers 503 and frees the slot', async (t) => {
   const { app, wsUrl } = await build(t, { env: { MAX_CONNECTIONS_PER_IP: '1' } })
   const original = app.claims.claim.bind(app.claims)
-  app.claims.claim = async () => { throw Object.assign(new Error('bus down'), { statusCode: 503 }) }
+  app.claims.claim = async () => { throw new Error('bus down') }
   t.equal((await TestClient.refused(wsUrl, { token: userToken('unclaimed') })).status, 503)
   app.claims.claim = original
   const { client, welcome } = await TestClient.connect(wsUrl, { token: userToken('unclaimed') })
   t.equal(welcome.userId, 'unclaimed', 'the only slot of the address was given back')
   await client.close()
+})
+
+// Regression (logout race): a logout between the revocation check in
+// onRequest and the session's registration used to leave the session open.
+t.test('a logout stored before the claim refuses the upgrade with 403 (read again after subscribing)', async (t) => {
+  const { app, wsUrl } = await build(t)
+  const original = app.claims.claim.bind(app.claims)
+  app.claims.claim = async (userId: string) => {
+    // The logout lands after the onRequest check, before the claim.
+    await app.bus.revoke(userId, nowSec(), 60)
+    return original(userId)
+  }
+  t.equal((await TestClient.refused(wsUrl, { token: userToken('late-logout') })).status, 403)
+  t.equal(app.claims.loggedOutSince('late-logout', 0), false, 'the refused claim was released')
+})
+
+t.test('a logout seen after the claim closes the new session with 4403 as soon as it is registered', async (t) => {
+  const { app, wsUrl } = await build(t)
+  const original = app.claims.claim.bind(app.claims)
+  app.claims.claim = async (userId: string) => {
+    const claim = await original(userId)
+    // The logout event arrives while the 101 is on its way.
+    app.claims.onLogout(userId, nowSec())
+    return claim
+  }
+  const client = await TestClient.open(wsUrl, { token: userToken('in-flight') })
+  t.equal((await client.waitClosed()).code, 4403)
 })

@@ -26,7 +26,7 @@ t.test('a failed subscription or generation releases what was taken', async (t) 
 
 t.test('claims seen before our own generation arrives supersede it', async (t) => {
   const claims = new UserClaims(new MemoryBus(), registry, 2)
-  const generation = await claims.claim('u')
+  const { generation } = await claims.claim('u')
   claims.onRemoteClaim('u', generation + 1)
   t.notOk(claims.superseded('u', generation), 'two sessions allowed: still within the newest two')
   claims.onRemoteClaim('u', generation + 2)
@@ -35,4 +35,26 @@ t.test('claims seen before our own generation arrives supersede it', async (t) =
   claims.release('u')
   claims.release('never-claimed')
   t.notOk(claims.superseded('never-claimed', 1), 'releasing an unknown user is harmless')
+})
+
+t.test('a logout seen while a connection completes is remembered until the claim is released', async (t) => {
+  const closed: Array<[string, number]> = []
+  const registry = { applyClaim: () => {}, applyLogout: (userId: string, before: number) => { closed.push([userId, before]) } } as unknown as SessionRegistry
+  const bus = new MemoryBus()
+  const claims = new UserClaims(bus, registry, 1)
+  claims.onLogout('stranger', 100)
+  t.notOk(claims.loggedOutSince('stranger', 50), 'a user not claimed here is not remembered')
+  t.same(closed, [['stranger', 100]], 'but its open sessions are closed')
+
+  await bus.revoke('u', 90, 60)
+  const claim = await claims.claim('u')
+  t.equal(claim.revokedBefore, 90, 'the claim reads the revocation after subscribing')
+  t.notOk(claims.loggedOutSince('u', 50), 'nothing seen since the claim yet')
+  claims.onLogout('u', 100)
+  claims.onLogout('u', 95)
+  t.ok(claims.loggedOutSince('u', 100), 'a token issued in the logout second is revoked')
+  t.ok(claims.loggedOutSince('u', null), 'a token without iat is revoked')
+  t.notOk(claims.loggedOutSince('u', 101), 'an older logout seen later does not lower it; a newer token is not revoked')
+  claims.release('u')
+  t.notOk(claims.loggedOutSince('u', 1), 'forgotten with the last claim')
 })
