@@ -73,9 +73,16 @@ async function reauthenticate (ctx: MessageContext, session: Session, token: str
     if ((err as { statusCode?: number }).statusCode === 403) {
       session.close(CloseCode.LOGGED_OUT)
     } else {
-      // Revocation unknown (the bus is down): the new token is not taken;
-      // the session keeps its current one and its deadline, and may retry.
+      // Revocation unknown (the bus is down): the new token is not taken.
+      // The session keeps its current one, whose exp still closes it; one
+      // that was answering a re-auth request is asked again one grace
+      // period from now, when the bus may be back.
       reply(ctx, session, { type: 'error', code: MessageErrorCode.AUTH_FAILED, message: 'token could not be checked, try again' })
+      if (session.reauthDeadlineMs > 0) {
+        session.reauthDeadlineMs = 0
+        session.authAtMs = Date.now() + ctx.ws.reauthGraceMs - ctx.ws.reauthIntervalMs
+        ctx.registry.reschedule(session)
+      }
     }
     return
   }

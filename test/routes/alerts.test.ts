@@ -295,3 +295,14 @@ t.test('PUBLISH_RATE_LIMIT_PER_MINUTE: publishers are limited by token sub, not 
   t.ok(Number(limited.headers.get('retry-after')) > 0, 'with Retry-After')
   for (let i = 0; i < 4; i++) t.equal((await publish(url, alertTo({ all: true }), serviceToken('svc-b'))).status, 202, `svc-b, same address, publish ${i + 1}`)
 })
+
+t.test('a publish or logout whose bus step fails after authentication answers 503', async (t) => {
+  const gw = await build(t)
+  gw.app.bus.publishBroadcast = async () => { throw new Error('bus gone') }
+  gw.app.bus.publishUser = async () => { throw new Error('bus gone') }
+  gw.app.bus.revoke = async () => { throw new Error('bus gone') }
+  t.equal((await publish(gw.url, alertTo({ all: true }))).status, 503, 'broadcast')
+  t.equal((await publish(gw.url, alertTo({ userId: 'nobody' }))).status, 503, 'per-user')
+  const logout = await fetch(`${gw.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('bus-gone')}` } })
+  t.equal(logout.status, 503, 'a logout that cannot be stored is refused')
+})

@@ -518,10 +518,23 @@ t.test('with Redis', async (t) => {
     await own.stop()
     await client.next('reauth', 2000)
     client.send({ type: 'auth', token: userToken(sub) })
-    t.match(await client.next('reauth', 2000), { type: 'reauth' }, 'a second re-auth request came: the answer was accepted without a revocation check')
+    // Revocation fails closed: the new token is not taken, yet the session
+    // is not closed for it; it is asked again one grace period later.
+    t.match(await client.next('error', 2000), { type: 'error', code: 'auth_failed' }, 'the answer is refused: its revocation cannot be read')
+    t.match(await client.next('reauth', 2000), { type: 'reauth' }, 'a second re-auth request came instead of a 4401')
     client.send({ type: 'auth', token: userToken(sub) })
+    t.match(await client.next('error', 2000), { code: 'auth_failed' })
     t.same(await pingPong(client, 'up'), { type: 'pong', id: 'up' })
     t.equal((await TestClient.refused(wsUrl, { token: userToken(newUser()) })).status, 503, 'a new handshake needs the bus')
     await client.close()
+  })
+
+  t.test('an address slot that cannot be taken answers 503 (Redis gone after the revocation check)', async (t) => {
+    const own = await RedisServer.start(t)
+    const { app, wsUrl } = await buildClustered(t, {}, undefined, own.url)
+    await own.stop()
+    // The revocation read answered just before Redis went away.
+    app.bus.revokedBefore = async () => null
+    t.equal((await TestClient.refused(wsUrl, { token: userToken(newUser()) })).status, 503)
   })
 })
