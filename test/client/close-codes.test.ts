@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto'
 import type { Socket } from 'node:net'
 import t from 'tap'
 import { buildApp } from '../../src/app.js'
@@ -6,14 +5,12 @@ import { build } from '../helpers/build.js'
 import { testConfig } from '../helpers/config.js'
 import { freePort } from '../helpers/free-port.js'
 import { publish } from '../helpers/http.js'
-import { nowSec, serviceToken, userToken } from '../helpers/tokens.js'
+import { newUser, nowSec, serviceToken, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 import { Proxy, Recorded, quietFor } from './harness.js'
 
 /** A user id no other test uses: the gateway limits connect attempts per user. */
 t.setTimeout(60_000)
-
-const newUser = (): string => `sdk-${randomUUID()}`
 
 /** Small delays so a wrong reconnect would show within QUIET_MS. */
 const FAST = { baseMs: 10, capMs: 40 }
@@ -22,7 +19,7 @@ const QUIET_MS = 400
 
 t.test('4403 (logout): the client stops and reports logged-out; no further connect attempt', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub), backoff: FAST })
   await rec.reached('open')
   const res = await fetch(`${gw.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken(sub)}` } })
@@ -37,7 +34,7 @@ t.test('4403 (logout): the client stops and reports logged-out; no further conne
 
 t.test('4409 (another tab took over): the client stops, unless told to reconnect', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub), backoff: FAST })
   await rec.reached('open')
   const other = await TestClient.connect(gw.wsUrl, { token: userToken(sub) })
@@ -54,7 +51,7 @@ t.test('4409 (another tab took over): the client stops, unless told to reconnect
 
 t.test('4409 with reconnectOnReplaced: the client reconnects by itself', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub), backoff: FAST, reconnectOnReplaced: true })
   await rec.reached('open')
   const other = await TestClient.connect(gw.wsUrl, { token: userToken(sub) })
@@ -67,7 +64,7 @@ t.test('4409 with reconnectOnReplaced: the client reconnects by itself', async (
 
 t.test('reauth is answered with a fresh token: the session lives on past several re-auth deadlines', async (t) => {
   const gw = await build(t, { env: { REAUTH_INTERVAL_MS: '150', REAUTH_GRACE_MS: '300' } })
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub) })
   await rec.reached('open')
   // The gateway asks again only after the previous answer was accepted;
@@ -80,7 +77,7 @@ t.test('reauth is answered with a fresh token: the session lives on past several
 
 t.test('4401 (token expired): the client fetches a fresh token, then reconnects', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   // The first token expires in a second or two; later ones live an hour.
   const tokens = [userToken(sub, { exp: nowSec() + 1 })]
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => tokens.shift() ?? userToken(sub), backoff: FAST })
@@ -102,7 +99,7 @@ t.test('1001 (gateway shutting down): the client reconnects to the instance that
   t.teardown(() => second.close())
   await second.ready()
 
-  const sub = newUser()
+  const sub = newUser('sdk')
   // Reconnects 150, 300, 500... ms after the 1001: after the old instance
   // stopped listening (see the test below for an attempt during the drain).
   const rec = new Recorded(t, {
@@ -126,7 +123,7 @@ t.test('1001 (gateway shutting down): the client reconnects to the instance that
 
 t.test('1008 (message rate exceeded): reported, no reconnect loop', async (t) => {
   const gw = await build(t, { env: { MESSAGE_RATE_PER_SECOND: '1', MESSAGE_BURST: '1' } })
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub), backoff: FAST })
   await rec.reached('open')
   for (let i = 0; i < 3; i++) rec.client.ack(`alert-${i}`)
@@ -138,7 +135,7 @@ t.test('1008 (message rate exceeded): reported, no reconnect loop', async (t) =>
 
 t.test('1009 (message too big): reported, no reconnect loop', async (t) => {
   const gw = await build(t, { env: { WS_MAX_MESSAGE_BYTES: '64' } })
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub), backoff: FAST })
   await rec.reached('open')
   t.ok(rec.client.ack('x'.repeat(100)), 'sent')
@@ -161,11 +158,11 @@ t.test('app.close() finishes when a client reconnects while the sessions drain',
   await app.listen({ host: '127.0.0.1', port })
   // A session behind a dead link holds the drain open for SHUTDOWN_TIMEOUT_MS.
   const proxy = await Proxy.start(t, port)
-  const holder = await TestClient.connect(`ws://127.0.0.1:${proxy.port}/ws`, { token: userToken(newUser()) })
+  const holder = await TestClient.connect(`ws://127.0.0.1:${proxy.port}/ws`, { token: userToken(newUser('sdk')) })
   t.teardown(() => holder.client.ws.terminate())
   proxy.blackhole()
 
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: `ws://127.0.0.1:${port}/ws`, getToken: () => userToken(sub), random: () => 0 })
   await rec.reached('open')
   const closing = app.close()

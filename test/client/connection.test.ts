@@ -1,23 +1,14 @@
-import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, type Socket } from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
 import { build } from '../helpers/build.js'
 import { publish } from '../helpers/http.js'
-import { serviceToken, userToken } from '../helpers/tokens.js'
-import { Proxy, Recorded, quietFor, withTimeout } from './harness.js'
+import { newUser, serviceToken, userToken } from '../helpers/tokens.js'
+import { Proxy, Recorded, quietFor } from './harness.js'
+import { waitUntil } from '../helpers/timeout.js'
 
 t.setTimeout(60_000)
-
-const newUser = (): string => `sdk-${randomUUID()}`
-
-/** Polls server-side state seen from outside, failing after `ms`. */
-async function waitUntil (condition: () => boolean, ms: number, what: string): Promise<void> {
-  await withTimeout((async () => {
-    while (!condition()) await new Promise((resolve) => setTimeout(resolve, 10))
-  })(), ms, what)
-}
 
 async function metric (url: string, line: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text()
@@ -27,7 +18,7 @@ async function metric (url: string, line: string): Promise<number> {
 
 t.test('alerts arrive as typed events; ack() reaches the gateway', async (t) => {
   const gw = await build(t, { captureLogs: 'debug' })
-  const sub = newUser()
+  const sub = newUser('sdk')
   const seenByOption: string[] = []
   const states: string[] = []
   const rec = new Recorded(t, {
@@ -56,7 +47,7 @@ t.test('alerts arrive as typed events; ack() reaches the gateway', async (t) => 
 
 t.test('autoAck acknowledges every alert once the listeners ran', async (t) => {
   const gw = await build(t, { captureLogs: 'debug' })
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, { url: gw.wsUrl, getToken: () => userToken(sub), autoAck: true })
   await rec.reached('open')
   const answer = await publish(gw.url, serviceToken(), { target: { all: true }, severity: 'info', title: 'hello' })
@@ -85,7 +76,7 @@ t.test('never more than 5 connect attempts in a minute, even when every attempt 
 t.test('a dead link (no pong) is detected and replaced by a new connection', async (t) => {
   const gw = await build(t)
   const proxy = await Proxy.start(t, gw.port)
-  const sub = newUser()
+  const sub = newUser('sdk')
   const rec = new Recorded(t, {
     url: `ws://127.0.0.1:${proxy.port}/ws`,
     getToken: () => userToken(sub),
@@ -127,7 +118,7 @@ t.test('no welcome in time: the attempt is abandoned and retried', async (t) => 
 
 t.test('never a second socket while one is open or connecting', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   let release: () => void = () => {}
   const gate = new Promise<void>((resolve) => { release = resolve })
   const rec = new Recorded(t, {
@@ -152,7 +143,7 @@ t.test('never a second socket while one is open or connecting', async (t) => {
 
 t.test('getToken() failing, or a WebSocket that cannot be created: reported, then retried', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   let calls = 0
   let sockets = 0
   class FailsOnce extends WebSocket {
@@ -187,7 +178,7 @@ t.test('getToken() failing, or a WebSocket that cannot be created: reported, the
 
 t.test('close() stops for good: while the token is on its way, right after connect(), or when open', async (t) => {
   const gw = await build(t)
-  const sub = newUser()
+  const sub = newUser('sdk')
   let release: () => void = () => {}
   const gate = new Promise<void>((resolve) => { release = resolve })
   const pending = new Recorded(t, { url: gw.wsUrl, getToken: async () => { await gate; return userToken(sub) } })

@@ -1,4 +1,4 @@
-import { createHmac, createSign, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createHmac, createSign, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
 
 export const TEST_SECRET = 'test-secret-that-is-long-enough-for-hs256!'
 
@@ -53,3 +53,6 @@ export function rsaKeyPair (): { publicPem: string, privateKey: KeyObject } {
   const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
   return { publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(), privateKey }
 }
+
+/** A user id no other test uses: the connect-attempt limit is per user. */
+export const newUser = (prefix = 'user'): string => `${prefix}-${randomUUID()}`

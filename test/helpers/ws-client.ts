@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import WebSocket from 'ws'
 import { withTimeout } from './timeout.js'
+import { newUser, userToken } from './tokens.js'
 
 export interface OpenOptions {
   token?: string
@@ -83,6 +84,12 @@ export class TestClient {
     return { client, welcome }
   }
 
+  /** Connects as `userId` (a fresh user by default), the welcome read. */
+  static async connectAs (base: string, userId = newUser()): Promise<TestClient> {
+    const { client } = await TestClient.connect(base, { token: userToken(userId) })
+    return client
+  }
+
   /** Expects the upgrade to be refused; resolves to the HTTP answer. */
   static async refused (base: string, opts: OpenOptions = {}): Promise<Refusal> {
     try {
@@ -94,6 +101,12 @@ export class TestClient {
       throw err
     }
     throw new Error('the upgrade was accepted')
+  }
+
+  /** Sends an application ping and resolves with its pong. */
+  async pingPong (id: string): Promise<Record<string, unknown>> {
+    this.send({ type: 'ping', id })
+    return this.next('pong')
   }
 
   send (message: unknown): void {

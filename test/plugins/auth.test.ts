@@ -1,18 +1,14 @@
-import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import Fastify from 'fastify'
 import authPlugin, { type AuthOptions } from '../../plugins/auth.js'
 import { build } from '../helpers/build.js'
-import { nowSec, rsaKeyPair, serviceToken, signJwt, TEST_SECRET, userToken } from '../helpers/tokens.js'
+import { newUser, nowSec, rsaKeyPair, serviceToken, signJwt, TEST_SECRET, userToken } from '../helpers/tokens.js'
 import { TestClient, type OpenOptions } from '../helpers/ws-client.js'
 
 // Many real handshakes and several app instances: past the default 30 s on a busy machine.
 t.setTimeout(60_000)
-
-/** A user id no other test uses: the connect-attempt limit is per user. */
-const newUser = (): string => `user-${randomUUID()}`
 
 /** The HTTP status of a handshake: 101 when upgraded (the socket is then closed). */
 async function handshake (wsUrl: string, opts: OpenOptions = {}): Promise<number> {

@@ -7,24 +7,12 @@ import t, { type Test as Tap } from 'tap'
 import WebSocket from 'ws'
 import { build, type Built } from '../helpers/build.js'
 import { RedisServer } from '../helpers/redis-server.js'
-import { nowSec, serviceToken, signJwt, userToken } from '../helpers/tokens.js'
-import { withTimeout } from '../helpers/timeout.js'
+import { newUser, nowSec, serviceToken, signJwt, userToken } from '../helpers/tokens.js'
+import { waitUntil, withTimeout } from '../helpers/timeout.js'
 import { TestClient } from '../helpers/ws-client.js'
 
 // Heartbeat, re-auth and expiry rounds run in real time: about 20 s alone, more on a busy machine.
 t.setTimeout(120_000)
-
-/** A user id no other test uses: the connect-attempt limit is per user. */
-const newUser = (): string => `user-${randomUUID()}`
-
-/** Polls a condition (server state seen from outside), failing after `ms`. */
-async function waitUntil (condition: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
 
 /** A client that never answers WebSocket pings (ws >= 8.16: autoPong). */
 async function connectSilent (wsUrl: string, token: string): Promise<TestClient> {
@@ -50,11 +38,6 @@ function pings (client: TestClient): (n: number, ms: number) => Promise<void> {
     if (count >= n) return
     await withTimeout(new Promise<void>((resolve) => waiters.push({ n, wake: resolve })), ms, `${n} pings`)
   }
-}
-
-async function pingPong (client: TestClient, id: string): Promise<Record<string, unknown>> {
-  client.send({ type: 'ping', id })
-  return client.next('pong')
 }
 
 async function post (url: string, token: string, body?: unknown): Promise<{ status: number, body: string }> {
@@ -102,13 +85,13 @@ t.test('a second connection of the same user closes the first with 4409', async 
   const first = await TestClient.connect(wsUrl, { token: userToken(sub, { exp }) })
   const second = await TestClient.connect(wsUrl, { token: userToken(sub, { exp }) })
   t.equal((await first.client.waitClosed()).code, 4409, 'the older connection is replaced')
-  t.same(await pingPong(second.client, 'after'), { type: 'pong', id: 'after' }, 'the newer one stays open')
+  t.same(await second.client.pingPong('after'), { type: 'pong', id: 'after' }, 'the newer one stays open')
   t.not(second.welcome.connectionId, first.welcome.connectionId)
   t.same(app.sessions.sessionsOf(sub).map((s) => s.id), [second.welcome.connectionId], 'the registry holds only the newer session')
   t.same(app.sessions.all().map((s) => s.id), [second.welcome.connectionId])
 
   const other = await TestClient.connect(wsUrl, { token: userToken(newUser()) })
-  t.same(await pingPong(second.client, 'other-user'), { type: 'pong', id: 'other-user' }, 'another user does not replace it')
+  t.same(await second.client.pingPong('other-user'), { type: 'pong', id: 'other-user' }, 'another user does not replace it')
   await other.client.close()
   await second.client.close()
   await waitUntil(() => app.sessions.size === 0, 5000, 'the sessions to be removed')
@@ -120,15 +103,15 @@ t.test('MAX_CONNECTIONS_PER_USER=2: the third connection closes the first', asyn
   const sub = newUser()
   const one = await TestClient.connect(wsUrl, { token: userToken(sub) })
   const two = await TestClient.connect(wsUrl, { token: userToken(sub) })
-  t.same(await pingPong(one.client, 'a'), { type: 'pong', id: 'a' }, 'two connections are allowed')
+  t.same(await one.client.pingPong('a'), { type: 'pong', id: 'a' }, 'two connections are allowed')
   const three = await TestClient.connect(wsUrl, { token: userToken(sub) })
   t.equal((await one.client.waitClosed()).code, 4409, 'the oldest is replaced')
-  t.same(await pingPong(two.client, 'b'), { type: 'pong', id: 'b' }, 'the second stays open')
-  t.same(await pingPong(three.client, 'c'), { type: 'pong', id: 'c' }, 'the third stays open')
+  t.same(await two.client.pingPong('b'), { type: 'pong', id: 'b' }, 'the second stays open')
+  t.same(await three.client.pingPong('c'), { type: 'pong', id: 'c' }, 'the third stays open')
   await two.client.close()
   const four = await TestClient.connect(wsUrl, { token: userToken(sub) })
-  t.same(await pingPong(three.client, 'd'), { type: 'pong', id: 'd' }, 'a closed connection frees its place')
-  t.same(await pingPong(four.client, 'e'), { type: 'pong', id: 'e' })
+  t.same(await three.client.pingPong('d'), { type: 'pong', id: 'd' }, 'a closed connection frees its place')
+  t.same(await four.client.pingPong('e'), { type: 'pong', id: 'e' })
   await three.client.close()
   await four.client.close()
 })
@@ -173,7 +156,7 @@ t.test('heartbeat: a client that never answers pings is terminated, an answering
   // its previous ping had been answered, so it was not terminated.
   await answeringPings(3, interval * 4)
   t.equal(answering.client.ws.readyState, WebSocket.OPEN, 'the answering client is still open')
-  t.same(await pingPong(answering.client, 'alive'), { type: 'pong', id: 'alive' })
+  t.same(await answering.client.pingPong('alive'), { type: 'pong', id: 'alive' })
   await answering.client.close()
 })
 
@@ -191,7 +174,7 @@ t.test('re-authentication', async (t) => {
       t.same(request, { type: 'reauth', deadlineMs: graceMs }, `reauth request #${round}`)
       client.send({ type: 'auth', token: userToken(sub) })
     }
-    t.same(await pingPong(client, 'still'), { type: 'pong', id: 'still' }, 'open after three rounds')
+    t.same(await client.pingPong('still'), { type: 'pong', id: 'still' }, 'open after three rounds')
     await client.close()
   })
 
@@ -237,7 +220,7 @@ t.test('re-authentication', async (t) => {
     client.send({ type: 'auth', token: userToken(sub) })
     await client.next('reauth', reauthMs * 4)
     client.send({ type: 'auth', token: userToken(sub) })
-    t.same(await pingPong(client, 'ok'), { type: 'pong', id: 'ok' })
+    t.same(await client.pingPong('ok'), { type: 'pong', id: 'ok' })
     await client.close()
   })
 
@@ -260,7 +243,7 @@ t.test('a token that expires closes its session with 4401 within a second of exp
   const refreshedSub = newUser()
   const refreshed = await TestClient.connect(wsUrl, { token: userToken(refreshedSub, { exp }) })
   refreshed.client.send({ type: 'auth', token: userToken(refreshedSub) })
-  t.same(await pingPong(refreshed.client, 'refreshed'), { type: 'pong', id: 'refreshed' })
+  t.same(await refreshed.client.pingPong('refreshed'), { type: 'pong', id: 'refreshed' })
 
   const closed = await expiring.client.waitClosed(5000)
   const closedAt = Date.now()
@@ -268,7 +251,7 @@ t.test('a token that expires closes its session with 4401 within a second of exp
   t.ok(closedAt >= exp * 1000, 'not before exp')
   t.ok(closedAt <= exp * 1000 + 1000, `within a second of exp (${closedAt - exp * 1000} ms after)`)
   // Both sessions had the same deadline: the refreshed one is past it now.
-  t.same(await pingPong(refreshed.client, 'after-exp'), { type: 'pong', id: 'after-exp' }, 'the refreshed session is still open')
+  t.same(await refreshed.client.pingPong('after-exp'), { type: 'pong', id: 'after-exp' }, 'the refreshed session is still open')
   await refreshed.client.close()
 })
 
@@ -290,8 +273,8 @@ t.test('logout', async (t) => {
   t.equal((await post(`${url}/auth/logout`, old)).status, 204)
   t.equal((await withIat.client.waitClosed()).code, 4403, 'the session of the token used to log out')
   t.equal((await withoutIat.client.waitClosed()).code, 4403, 'a session whose token has no iat')
-  t.same(await pingPong(issuedLater.client, 'later'), { type: 'pong', id: 'later' }, 'a token issued after the logout second is not revoked')
-  t.same(await pingPong(bystander.client, 'other'), { type: 'pong', id: 'other' }, 'other users are not affected')
+  t.same(await issuedLater.client.pingPong('later'), { type: 'pong', id: 'later' }, 'a token issued after the logout second is not revoked')
+  t.same(await bystander.client.pingPong('other'), { type: 'pong', id: 'other' }, 'other users are not affected')
 
   t.equal((await TestClient.refused(wsUrl, { token: old })).status, 403, 'the old token is refused at the handshake')
   t.equal((await post(`${url}/auth/logout`, old)).status, 403, 'and at the logout route')
@@ -338,7 +321,7 @@ t.test('a client that resets TCP mid-handshake does not crash the process or lea
   }, 5000, 'the reset sessions to be removed')
   const { client, welcome } = await TestClient.connect(wsUrl, { token: userToken(sub) })
   t.equal(welcome.userId, sub, 'the same user connects normally afterwards')
-  t.same(await pingPong(client, 'x'), { type: 'pong', id: 'x' }, 'and is not replaced by a ghost of the reset handshakes')
+  t.same(await client.pingPong('x'), { type: 'pong', id: 'x' }, 'and is not replaced by a ghost of the reset handshakes')
   await client.close()
 })
 
@@ -479,7 +462,7 @@ t.test('with Redis', async (t) => {
     // This handshake's Redis commands queue behind the abandoned one's: once
     // it is through, so is the abandoned handshake.
     const { client } = await TestClient.connect(wsUrl, { token: userToken(sub) })
-    t.same(await pingPong(client, 'x'), { type: 'pong', id: 'x' })
+    t.same(await client.pingPong('x'), { type: 'pong', id: 'x' })
     await client.close()
     await waitUntil(() => app.sessions.size === 0, 5000, 'the session to be removed')
 
@@ -524,7 +507,7 @@ t.test('with Redis', async (t) => {
     t.match(await client.next('reauth', 2000), { type: 'reauth' }, 'a second re-auth request came instead of a 4401')
     client.send({ type: 'auth', token: userToken(sub) })
     t.match(await client.next('error', 2000), { code: 'auth_failed' })
-    t.same(await pingPong(client, 'up'), { type: 'pong', id: 'up' })
+    t.same(await client.pingPong('up'), { type: 'pong', id: 'up' })
     t.equal((await TestClient.refused(wsUrl, { token: userToken(newUser()) })).status, 503, 'a new handshake needs the bus')
     await client.close()
   })

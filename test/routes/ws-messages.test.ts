@@ -1,22 +1,12 @@
-import { randomUUID } from 'node:crypto'
 import type { Socket } from 'node:net'
 import t from 'tap'
 import { build } from '../helpers/build.js'
-import { userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 
 // Real sockets and several app instances: keep clear of the default 30 s on a busy machine.
 t.setTimeout(60_000)
 
 const MAX_BYTES = 10240
-
-/** A user id no other test uses: the connect-attempt limit is per user. */
-const newUser = (): string => `user-${randomUUID()}`
-
-async function connect (wsUrl: string): Promise<TestClient> {
-  const { client } = await TestClient.connect(wsUrl, { token: userToken(newUser()) })
-  return client
-}
 
 /**
  * A JSON text message of an unknown type, exactly `bytes` bytes of UTF-8,
@@ -29,11 +19,6 @@ function paddedMessage (bytes: number, char = 'a'): string {
   const message = `{"type":"padding","pad":"${pad}"}`
   if (Buffer.byteLength(message) !== bytes) throw new Error('padding arithmetic is wrong')
   return message
-}
-
-async function pingPong (client: TestClient, id: string): Promise<Record<string, unknown>> {
-  client.send({ type: 'ping', id })
-  return client.next('pong')
 }
 
 /**
@@ -49,7 +34,7 @@ function sendTogether (client: TestClient, frames: Array<[string | Buffer, boole
 
 t.test('ping is answered by pong, with and without an id; ack is accepted silently', async (t) => {
   const { wsUrl } = await build(t)
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
 
   client.send({ type: 'ping' })
   t.same(await client.next(), { type: 'pong' }, 'no id: no id in the pong')
@@ -68,7 +53,7 @@ t.test('ping is answered by pong, with and without an id; ack is accepted silent
 
 t.test('malformed, unknown and invalid messages get an error reply with a code', async (t) => {
   const { wsUrl } = await build(t)
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   const cases: Array<[string, string, string]> = [
     ['not JSON', '{"type":"ping"', 'invalid_json'],
     ['empty text', '', 'invalid_json'],
@@ -89,7 +74,7 @@ t.test('malformed, unknown and invalid messages get an error reply with a code',
   await client.close()
 
   // A fresh socket: the malformed allowance is per socket and 10 a minute.
-  const second = await connect(wsUrl)
+  const second = await TestClient.connectAs(wsUrl)
   for (const [name, text, code] of cases.slice(8)) {
     second.send(text)
     t.match(await second.next(), { type: 'error', code, message: String }, name)
@@ -114,7 +99,7 @@ t.test('malformed, unknown and invalid messages get an error reply with a code',
 
 t.test('the 11th malformed message within a minute closes with 1008', async (t) => {
   const { wsUrl } = await build(t)
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   for (let i = 1; i <= 10; i++) {
     client.send(`not json ${i}`)
     t.match(await client.next(), { type: 'error', code: 'invalid_json' }, `malformed #${i} answered`)
@@ -128,7 +113,7 @@ t.test('the 11th malformed message within a minute closes with 1008', async (t) 
 
 t.test('the malformed allowance is per minute: a minute later the count starts over', async (t) => {
   const { wsUrl } = await build(t)
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   for (let i = 1; i <= 10; i++) {
     client.send(`early ${i}`)
     await client.next('error')
@@ -141,7 +126,7 @@ t.test('the malformed allowance is per minute: a minute later the count starts o
     client.send(`late ${i}`)
     await client.next('error')
   }
-  t.same(await pingPong(client, 'open'), { type: 'pong', id: 'open' }, '20 malformed messages, but only 10 within the last minute')
+  t.same(await client.pingPong('open'), { type: 'pong', id: 'open' }, '20 malformed messages, but only 10 within the last minute')
   client.send('one too many')
   t.equal((await client.waitClosed()).code, 1008)
   Date.now = realNow
@@ -149,7 +134,7 @@ t.test('the malformed allowance is per minute: a minute later the count starts o
 
 t.test('MAX_MALFORMED_PER_MINUTE sets the allowance', async (t) => {
   const { wsUrl } = await build(t, { env: { MAX_MALFORMED_PER_MINUTE: '2' } })
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   client.send('x')
   client.send({ type: 'ping', bad: 1 })
   client.send({ type: 'ping', id: 'open' })
@@ -161,7 +146,7 @@ t.test('MAX_MALFORMED_PER_MINUTE sets the allowance', async (t) => {
 
 t.test('a binary frame closes with 1003', async (t) => {
   const { wsUrl } = await build(t)
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   client.ws.send(Buffer.from(JSON.stringify({ type: 'ping' })), { binary: true })
   t.equal((await client.waitClosed()).code, 1003)
   t.notOk(client.received.some((m) => m.type === 'pong'), 'the binary frame was not handled as a message')
@@ -169,7 +154,7 @@ t.test('a binary frame closes with 1003', async (t) => {
 
 t.test('frames that follow the one that closed the socket are ignored', async (t) => {
   const { wsUrl } = await build(t)
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   sendTogether(client, [[Buffer.from('x'), true], [JSON.stringify({ type: 'ping', id: 'late' }), false]])
   t.equal((await client.waitClosed()).code, 1003)
   t.same(client.received.filter((m) => m.type !== 'welcome'), [], 'no pong for the frame after the binary one')
@@ -178,7 +163,7 @@ t.test('frames that follow the one that closed the socket are ignored', async (t
 t.test(`a ${MAX_BYTES}-byte message is accepted, ${MAX_BYTES + 1} bytes close with 1009`, async (t) => {
   const { wsUrl } = await build(t)
 
-  const atLimit = await connect(wsUrl)
+  const atLimit = await TestClient.connectAs(wsUrl)
   atLimit.send(paddedMessage(MAX_BYTES))
   t.match(await atLimit.next(), { type: 'error', code: 'unknown_type' }, `${MAX_BYTES} bytes: an error reply, not a close`)
   atLimit.send(paddedMessage(MAX_BYTES, 'é'))
@@ -187,29 +172,29 @@ t.test(`a ${MAX_BYTES}-byte message is accepted, ${MAX_BYTES + 1} bytes close wi
   t.same(await atLimit.next(), { type: 'pong', id: 'open' })
   await atLimit.close()
 
-  const over = await connect(wsUrl)
+  const over = await TestClient.connectAs(wsUrl)
   over.send(paddedMessage(MAX_BYTES + 1))
   t.equal((await over.waitClosed()).code, 1009, `${MAX_BYTES + 1} bytes`)
 
   // 5,134 characters but 10,241 bytes: the limit counts bytes.
-  const multiByte = await connect(wsUrl)
+  const multiByte = await TestClient.connectAs(wsUrl)
   const text = paddedMessage(MAX_BYTES + 1, 'é')
   t.ok(text.length < MAX_BYTES, 'fewer characters than the limit')
   multiByte.send(text)
   t.equal((await multiByte.waitClosed()).code, 1009, `${MAX_BYTES + 1} bytes of 2-byte characters`)
 
-  const emoji = await connect(wsUrl)
+  const emoji = await TestClient.connectAs(wsUrl)
   emoji.send(paddedMessage(MAX_BYTES + 1, '😀'))
   t.equal((await emoji.waitClosed()).code, 1009, '4-byte characters over the limit')
 
-  const binaryOver = await connect(wsUrl)
+  const binaryOver = await TestClient.connectAs(wsUrl)
   binaryOver.ws.send(Buffer.alloc(MAX_BYTES + 1), { binary: true })
   t.equal((await binaryOver.waitClosed()).code, 1009, 'an oversized binary frame is 1009 (the size is checked first)')
 })
 
 t.test('WS_MAX_MESSAGE_BYTES sets the limit', async (t) => {
   const { app, wsUrl } = await build(t, { env: { WS_MAX_MESSAGE_BYTES: '100' } })
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   client.send(paddedMessage(100))
   t.match(await client.next(), { type: 'error', code: 'unknown_type' })
   client.send(paddedMessage(101))
@@ -221,19 +206,19 @@ t.test('WS_MAX_MESSAGE_BYTES sets the limit', async (t) => {
 t.test('more messages than the burst allows close with 1008', async (t) => {
   const { wsUrl } = await build(t, { env: { MESSAGE_RATE_PER_SECOND: '2', MESSAGE_BURST: '4' } })
 
-  const burst = await connect(wsUrl)
+  const burst = await TestClient.connectAs(wsUrl)
   sendTogether(burst, [1, 2, 3, 4, 5, 6].map((id) => [JSON.stringify({ type: 'ping', id }), false]))
   t.equal((await burst.waitClosed()).code, 1008, 'six at once with a burst of four')
   t.same(burst.received.filter((m) => m.type === 'pong').map((m) => m.id), [1, 2, 3, 4], 'the burst was answered, the rest was not')
 
-  const within = await connect(wsUrl)
+  const within = await TestClient.connectAs(wsUrl)
   sendTogether(within, [1, 2, 3, 4].map((id) => [JSON.stringify({ type: 'ping', id }), false]))
   for (const id of [1, 2, 3, 4]) t.same(await within.next(), { type: 'pong', id }, `burst message ${id} answered`)
   t.equal(within.ws.readyState, within.ws.OPEN, 'exactly the burst: still open')
   await within.close()
 
   // Malformed messages count against the rate too.
-  const malformed = await connect(wsUrl)
+  const malformed = await TestClient.connectAs(wsUrl)
   sendTogether(malformed, ['a', 'b', 'c', 'd', 'e'].map((text) => [text, false]))
   t.equal((await malformed.waitClosed()).code, 1008)
   t.equal(malformed.received.filter((m) => m.type === 'error').length, 4)
@@ -241,7 +226,7 @@ t.test('more messages than the burst allows close with 1008', async (t) => {
 
 t.test('the message rate refills over time', async (t) => {
   const { wsUrl } = await build(t, { env: { MESSAGE_RATE_PER_SECOND: '20', MESSAGE_BURST: '2', HEARTBEAT_INTERVAL_MS: '100' } })
-  const client = await connect(wsUrl)
+  const client = await TestClient.connectAs(wsUrl)
   sendTogether(client, [0, 1].map((id) => [JSON.stringify({ type: 'ping', id }), false]))
   t.same(await client.next(), { type: 'pong', id: 0 })
   t.same(await client.next(), { type: 'pong', id: 1 })
