@@ -1,9 +1,11 @@
+import { randomUUID } from 'node:crypto'
 import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 import { buildApp } from '../../src/app.js'
 import { loggerOptions } from '../../src/logger.js'
 import { testConfig } from './config.js'
+import { waitForStatus } from './http.js'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
@@ -50,4 +52,18 @@ export async function build (t: Teardown, opts: BuildTestOptions = {}): Promise<
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : 0
   return { app, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}/ws`, port, logs }
+}
+
+/**
+ * Two instances sharing the Redis at `redisUrl` (under a prefix of their
+ * own), both ready; connect attempts raised for tests that reconnect a lot.
+ */
+export async function twoInstances (t: Teardown, redisUrl: string, env: Record<string, string> = {}): Promise<[Built, Built]> {
+  const redisPrefix = `t${randomUUID().slice(0, 8)}:`
+  const settings = { REDIS_URL: redisUrl, MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000', ...env }
+  const a = await build(t, { env: settings, redisPrefix })
+  const b = await build(t, { env: settings, redisPrefix })
+  await waitForStatus(`${a.url}/ready`, 200)
+  await waitForStatus(`${b.url}/ready`, 200)
+  return [a, b]
 }

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { build, type Built } from '../helpers/build.js'
+import { build, twoInstances as twoInstancesOf, type Built } from '../helpers/build.js'
 import { publish, waitForStatus } from '../helpers/http.js'
 import { RedisServer } from '../helpers/redis-server.js'
 import { nowSec, serviceToken, userToken } from '../helpers/tokens.js'
@@ -8,14 +8,8 @@ import { TestClient } from '../helpers/ws-client.js'
 
 const svc = serviceToken()
 
-async function twoInstances (t: Parameters<typeof build>[0], redis: RedisServer): Promise<[Built, Built]> {
-  const redisPrefix = `t${randomUUID().slice(0, 8)}:`
-  const env = { REDIS_URL: redis.url, MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000' }
-  const a = await build(t, { env, redisPrefix })
-  const b = await build(t, { env, redisPrefix })
-  await waitForStatus(`${a.url}/ready`, 200)
-  await waitForStatus(`${b.url}/ready`, 200)
-  return [a, b]
+function twoInstances (t: Parameters<typeof build>[0], redis: RedisServer): Promise<[Built, Built]> {
+  return twoInstancesOf(t, redis.url)
 }
 
 t.test('two instances sharing one Redis', async (t) => {

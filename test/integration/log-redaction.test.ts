@@ -80,34 +80,39 @@ interface Case {
 
 const expired = (sub: string): string => userToken(sub, { iat: nowSec() - 7200, exp: nowSec() - 3600 })
 
+/** A request with `?token=` that no route takes: 404, the query nowhere. */
+function notFound (name: string, method: string, path: string, token: string): Case {
+  return {
+    name,
+    token,
+    async run (t, gw, token) {
+      const { status, answer } = await httpExchange(gw, method, `${path}?token=${token}`)
+      t.equal(status, 404)
+      return answer
+    }
+  }
+}
+
+const credentials = (token: string): string => `Authorization: Bearer ${token}\r\nCookie: access_token=${token}\r\n`
+
+/** Raw request bytes Node cannot parse: answered `status`, `logged` (when given) in the output. */
+function raw (name: string, token: string, request: (token: string) => string, status: number, logged?: RegExp): Case {
+  return {
+    name,
+    token,
+    async run (t, gw, token) {
+      const exchange = await rawExchange(gw, request(token))
+      t.equal(exchange.status, status)
+      if (logged !== undefined) await waitForOutput(gw, logged)
+      return exchange.answer
+    }
+  }
+}
+
 const cases: Case[] = [
-  {
-    name: 'GET /ws/ (trailing slash) with ?token=',
-    token: userToken('leak-ws-slash'),
-    async run (t, gw, token) {
-      const { status, answer } = await httpExchange(gw, 'GET', `/ws/?token=${token}`)
-      t.equal(status, 404)
-      return answer
-    }
-  },
-  {
-    name: 'POST /ws with ?token=',
-    token: userToken('leak-post-ws'),
-    async run (t, gw, token) {
-      const { status, answer } = await httpExchange(gw, 'POST', `/ws?token=${token}`)
-      t.equal(status, 404)
-      return answer
-    }
-  },
-  {
-    name: 'GET /alerts with ?token=',
-    token: serviceToken('leak-get-alerts'),
-    async run (t, gw, token) {
-      const { status, answer } = await httpExchange(gw, 'GET', `/alerts?token=${token}`)
-      t.equal(status, 404)
-      return answer
-    }
-  },
+  notFound('GET /ws/ (trailing slash) with ?token=', 'GET', '/ws/', userToken('leak-ws-slash')),
+  notFound('POST /ws with ?token=', 'POST', '/ws', userToken('leak-post-ws')),
+  notFound('GET /alerts with ?token=', 'GET', '/alerts', serviceToken('leak-get-alerts')),
   {
     name: 'GET /nope with ?token=',
     token: userToken('leak-nope'),
@@ -119,38 +124,12 @@ const cases: Case[] = [
       return answer
     }
   },
-  {
-    name: 'malformed request (bad header bytes) with the token in query, Authorization and Cookie',
-    token: userToken('leak-bad-header'),
-    async run (t, gw, token) {
-      const { status, answer } = await rawExchange(gw, `GET /ws?token=${token} HTTP/1.1\r\nHost: gw\r\n` +
-        `Authorization: Bearer ${token}\r\nCookie: access_token=${token}\r\nX-Bad\u0001: 1\r\n\r\n`)
-      t.equal(status, 400)
-      await waitForOutput(gw, /"msg":"client error"/)
-      return answer
-    }
-  },
-  {
-    name: 'malformed request line with the token in query, Authorization and Cookie',
-    token: userToken('leak-bad-line'),
-    async run (t, gw, token) {
-      const { status, answer } = await rawExchange(gw, `GET /ws?token=${token} HTTP/1.1 trailing\r\nHost: gw\r\n` +
-        `Authorization: Bearer ${token}\r\nCookie: access_token=${token}\r\n\r\n`)
-      t.equal(status, 400)
-      return answer
-    }
-  },
-  {
-    name: 'headers too large (431) with the token in query, Authorization and Cookie',
-    token: userToken('leak-431'),
-    async run (t, gw, token) {
-      const { status, answer } = await rawExchange(gw, `GET /ws?token=${token} HTTP/1.1\r\nHost: gw\r\n` +
-        `Authorization: Bearer ${token}\r\nCookie: access_token=${token}\r\nX-Pad: ${'a'.repeat(20_000)}\r\n\r\n`)
-      t.equal(status, 431)
-      await waitForOutput(gw, /"msg":"client header_overflow"/)
-      return answer
-    }
-  },
+  raw('malformed request (bad header bytes) with the token in query, Authorization and Cookie', userToken('leak-bad-header'),
+    (token) => `GET /ws?token=${token} HTTP/1.1\r\nHost: gw\r\n${credentials(token)}X-Bad\u0001: 1\r\n\r\n`, 400, /"msg":"client error"/),
+  raw('malformed request line with the token in query, Authorization and Cookie', userToken('leak-bad-line'),
+    (token) => `GET /ws?token=${token} HTTP/1.1 trailing\r\nHost: gw\r\n${credentials(token)}\r\n`, 400),
+  raw('headers too large (431) with the token in query, Authorization and Cookie', userToken('leak-431'),
+    (token) => `GET /ws?token=${token} HTTP/1.1\r\nHost: gw\r\n${credentials(token)}X-Pad: ${'a'.repeat(20_000)}\r\n\r\n`, 431, /"msg":"client header_overflow"/),
   {
     name: 'bad percent-encoding in the path with ?token=',
     token: userToken('leak-bad-url'),

@@ -1,7 +1,6 @@
 import t, { type Test } from 'tap'
 import { randomUUID } from 'node:crypto'
-import { build, type Built } from '../helpers/build.js'
-import { waitForStatus } from '../helpers/http.js'
+import { build, twoInstances, type Built } from '../helpers/build.js'
 import { RedisServer } from '../helpers/redis-server.js'
 import { userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
@@ -44,14 +43,8 @@ async function rounds (t: Test, upgradeOn: Built, logoutOn: Built): Promise<void
   t.same([...tally.keys()].filter((o) => o !== 'refused' && o !== 'closed 4403'), [], 'every connection was refused or closed with 4403')
 }
 
-async function cluster (t: Test, redis: RedisServer): Promise<[Built, Built]> {
-  const redisPrefix = `t${randomUUID().slice(0, 8)}:`
-  const env = { REDIS_URL: redis.url, MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000', REST_RATE_LIMIT_PER_MINUTE: '10000' }
-  const a = await build(t, { env, redisPrefix })
-  const b = await build(t, { env, redisPrefix })
-  await waitForStatus(`${a.url}/ready`, 200)
-  await waitForStatus(`${b.url}/ready`, 200)
-  return [a, b]
+function cluster (t: Test, redis: RedisServer): Promise<[Built, Built]> {
+  return twoInstances(t, redis.url, { REST_RATE_LIMIT_PER_MINUTE: '10000' })
 }
 
 t.test('a connection that races a logout ends refused or closed with 4403', async (t) => {

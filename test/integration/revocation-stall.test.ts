@@ -1,7 +1,6 @@
 import t from 'tap'
-import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { build } from '../helpers/build.js'
+import { twoInstances } from '../helpers/build.js'
 import { waitForStatus } from '../helpers/http.js'
 import { RedisServer } from '../helpers/redis-server.js'
 import { nowSec, userToken } from '../helpers/tokens.js'
@@ -16,12 +15,7 @@ const PAUSE_MS = 2300
 
 t.test('revocation fails closed while Redis stalls', async (t) => {
   const redis = await RedisServer.start(t)
-  const redisPrefix = `t${randomUUID().slice(0, 8)}:`
-  const env = { REDIS_URL: redis.url, MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000' }
-  const a = await build(t, { env, redisPrefix })
-  const b = await build(t, { env, redisPrefix })
-  await waitForStatus(`${a.url}/ready`, 200)
-  await waitForStatus(`${b.url}/ready`, 200)
+  const [a, b] = await twoInstances(t, redis.url)
   const admin = new Redis(redis.url)
   t.teardown(() => admin.disconnect())
 
