@@ -4,11 +4,11 @@ import fastifyCookie from '@fastify/cookie'
 import fastifyJwt from '@fastify/jwt'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { normaliseOrigin, type JwtConfig } from '../config/index.js'
-import { JwksKeys } from '../src/jwks.js'
+import { JwksKeys } from '../src/lib/jwks.js'
 import {
   BusUnavailableError, OriginRefusedError, ScopeMissingError,
   TokenInvalidError, TokenMissingError, TokenRevokedError
-} from '../src/errors.js'
+} from '../src/lib/errors.js'
 
 export const ACCESS_TOKEN_COOKIE = 'access_token'
 export const PUBLISH_SCOPE = 'alerts:publish'

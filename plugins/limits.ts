@@ -3,9 +3,9 @@ import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { GatewayConfig } from '../config/index.js'
-import { addressKey } from '../src/client-address.js'
-import { BusUnavailableError, IpLimitError } from '../src/errors.js'
-import { MemoryIpSlots, RedisIpSlots, type IpSlots } from '../src/ip-slots.js'
+import { addressKey } from '../src/lib/client-address.js'
+import { BusUnavailableError, IpLimitError } from '../src/lib/errors.js'
+import { MemoryIpSlots, RedisIpSlots, type IpSlots } from '../src/cluster/ip-slots.js'
 
 /** Seconds a client refused by the per-address limit is told to wait. */
 const IP_RETRY_AFTER_SEC = 5

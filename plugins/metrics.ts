@@ -4,7 +4,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import {
   CONNECTION_RESULTS, MetricName, REJECT_REASONS,
   type ConnectionResult, type RejectReason
-} from '../src/metric-names.js'
+} from '../src/lib/metric-names.js'
 
 export interface GatewayMetrics {
   registry: Registry

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import helmet from '@fastify/helmet'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { InsecureTransportError } from '../src/errors.js'
+import { InsecureTransportError } from '../src/lib/errors.js'
 
 /** Probes reach instances directly, inside the private network. */
 const HOST = /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/

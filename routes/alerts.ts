@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { BusUnavailableError } from '../src/errors.js'
+import { BusUnavailableError } from '../src/lib/errors.js'
 import { PublishAlertSchema, PublishResultSchema, type AlertFrame } from '../src/messages.js'
-import { sanitiseAlertBody } from '../src/sanitize.js'
+import { sanitiseAlertBody } from '../src/lib/sanitize.js'
 
 /** Largest accepted POST /alerts body. */
 const BODY_LIMIT = 64 * 1024

@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify'
-import { BusUnavailableError } from '../src/errors.js'
+import { BusUnavailableError } from '../src/lib/errors.js'
 
 /** POST /auth/logout: revokes the caller's tokens and closes their sockets. */
 export default async function authRoutes (fastify: FastifyInstance) {

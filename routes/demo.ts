@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import fastifyStatic from '@fastify/static'
 import Type from 'typebox'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { mintToken } from '../src/dev-tokens.js'
+import { mintToken } from '../src/dev/dev-tokens.js'
 
 const DevTokenSchema = Type.Object({
   sub: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._@-]+$' }),

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig } from '../config/index.js'
-import { mintToken } from '../src/dev-tokens.js'
+import { mintToken } from '../src/dev/dev-tokens.js'
 
 const usage = 'usage: npm run token -- <sub> [--scope alerts:publish] [--ttl 1h]'
 

@@ -3,7 +3,7 @@ import type { Server as HttpsServer } from 'node:https'
 import closeWithGrace from 'close-with-grace'
 import { loadConfig, type GatewayConfig } from '../config/index.js'
 import { buildApp } from './app.js'
-import { printDevelopmentHelp } from './dev-help.js'
+import { printDevelopmentHelp } from './dev/dev-help.js'
 
 let config: GatewayConfig
 try {

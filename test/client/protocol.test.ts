@@ -1,6 +1,6 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { CloseCode as ServerCloseCode } from '../../src/close-codes.js'
+import { CloseCode as ServerCloseCode } from '../../protocol/close-codes.js'
 import type { AlertFrame, WelcomeFrame } from '../../src/messages.js'
 import { CloseCode, closePolicy, connect, type Alert, type ClientError, type WebSocketConstructor, type Welcome } from '../../client/index.js'
 import { TypedEvents } from '../../client/typed-events.js'

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { parse } from 'yaml'
-import { MetricName } from '../../src/metric-names.js'
+import { MetricName } from '../../src/lib/metric-names.js'
 
 const RULES = fileURLToPath(new URL('../../config/prometheus/alerts.yml', import.meta.url))
 const DASHBOARD = fileURLToPath(new URL('../../config/grafana/alert-gateway-dashboard.json', import.meta.url))

@@ -1,10 +1,10 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
-import busPlugin from '../../plugins/bus/index.js'
-import { MemoryBus } from '../../plugins/bus/memory.js'
+import busPlugin from '../../plugins/cluster.js'
+import { MemoryBus } from '../../src/cluster/memory-bus.js'
 import limitsPlugin from '../../plugins/limits.js'
-import { RedisIpSlots } from '../../src/ip-slots.js'
+import { RedisIpSlots } from '../../src/cluster/ip-slots.js'
 import { RedisServer } from '../helpers/redis-server.js'
 
 t.test('plugins name the missing option', async (t) => {

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { createVerifier } from 'fast-jwt'
-import type { JwtConfig } from '../../config/index.js'
-import { mintToken } from '../../src/dev-tokens.js'
-import { TEST_SECRET } from '../helpers/tokens.js'
+import type { JwtConfig } from '../../../config/index.js'
+import { mintToken } from '../../../src/dev/dev-tokens.js'
+import { TEST_SECRET } from '../../helpers/tokens.js'
 
 const hs: JwtConfig = { key: TEST_SECRET, algorithms: ['HS256'], clockToleranceSec: 1, devSecret: true }
 

@@ -1,5 +1,5 @@
 import { createSigner } from 'fast-jwt'
-import type { JwtConfig } from '../config/index.js'
+import type { JwtConfig } from '../../config/index.js'
 
 export interface MintOptions {
   /** Space-separated scopes, e.g. `alerts:publish`. */

@@ -2,7 +2,7 @@ import t from 'tap'
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import { Gauge, Registry } from 'prom-client'
-import { SpikeDetector } from '../../src/spike-detector.js'
+import { SpikeDetector } from '../../../src/session/spike-detector.js'
 
 function setup (opts = { windowMs: 1000, baselineWindows: 3, factor: 5, minConnects: 10 }): { detector: SpikeDetector, gauge: Gauge, lines: string[] } {
   const lines: string[] = []

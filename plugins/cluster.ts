@@ -1,11 +1,11 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
-import { MemoryBus } from './memory.js'
-import { RedisBus } from './redis.js'
-import type { Bus } from './types.js'
+import { MemoryBus } from '../src/cluster/memory-bus.js'
+import { RedisBus } from '../src/cluster/redis-bus.js'
+import type { Bus } from '../src/cluster/bus.js'
 
-export type { Bus, BusHandlers, UserEvent } from './types.js'
+export type { Bus, BusHandlers, UserEvent } from '../src/cluster/bus.js'
 
 export interface BusOptions {
   /** Unset: one instance, in-process bus. Set: Redis bus. */

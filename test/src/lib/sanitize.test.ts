@@ -1,5 +1,5 @@
 import t from 'tap'
-import { sanitiseAlertBody, sanitiseLine, sanitiseText } from '../../src/sanitize.js'
+import { sanitiseAlertBody, sanitiseLine, sanitiseText } from '../../../src/lib/sanitize.js'
 
 const C0 = Array.from({ length: 0x20 }, (_, i) => String.fromCharCode(i)).join('')
 const C1 = Array.from({ length: 0x20 }, (_, i) => String.fromCharCode(0x80 + i)).join('')

@@ -1,6 +1,6 @@
 import type { Writable } from 'node:stream'
 import type { WebSocket } from 'ws'
-import { CloseReason, type CloseCodeValue } from './close-codes.js'
+import { CloseReason, type CloseCodeValue } from '../../protocol/close-codes.js'
 
 const OPEN = 1
 

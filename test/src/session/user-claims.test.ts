@@ -1,7 +1,7 @@
 import t from 'tap'
-import { MemoryBus } from '../../plugins/bus/memory.js'
-import type { SessionRegistry } from '../../src/session-registry.js'
-import { UserClaims } from '../../src/user-claims.js'
+import { MemoryBus } from '../../../src/cluster/memory-bus.js'
+import type { SessionRegistry } from '../../../src/session/session-registry.js'
+import { UserClaims } from '../../../src/session/user-claims.js'
 
 const registry = { applyClaim: () => {} } as unknown as SessionRegistry
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { Heartbeat, type Beating } from '../../src/heartbeat.js'
+import { Heartbeat, type Beating } from '../../../src/session/heartbeat.js'
 
 /** A fake socket holder that records what the heartbeat did to it. */
 class Fake implements Beating {

@@ -2,9 +2,9 @@ import t from 'tap'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { build } from '../helpers/build.js'
-import { nowSec, signJwt } from '../helpers/tokens.js'
-import { TestClient } from '../helpers/ws-client.js'
+import { build } from '../../helpers/build.js'
+import { nowSec, signJwt } from '../../helpers/tokens.js'
+import { TestClient } from '../../helpers/ws-client.js'
 
 function rsa (): { jwk: object, privateKey: KeyObject } {
   const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })

@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Gauge } from 'prom-client'
-import type { GatewayConfig } from '../config/index.js'
+import type { GatewayConfig } from '../../config/index.js'
 
 /**
  * Flags a connection spike (a possible DDoS): the connect attempts of the

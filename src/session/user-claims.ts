@@ -1,4 +1,4 @@
-import type { Bus } from '../plugins/bus/types.js'
+import type { Bus } from '../cluster/bus.js'
 import type { SessionRegistry } from './session-registry.js'
 
 /** What a connection holds once it claimed its user. */

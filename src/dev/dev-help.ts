@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify'
-import type { GatewayConfig } from '../config/index.js'
+import type { GatewayConfig } from '../../config/index.js'
 import { mintToken } from './dev-tokens.js'
 
 /** Development start banner: ready tokens and the commands to try them. */

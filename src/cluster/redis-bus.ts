@@ -1,6 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Bus, BusHandlers, UserEvent } from './types.js'
+import type { Bus, BusHandlers, UserEvent } from './bus.js'
 
 const TYPE_ALERT = 0x41 // 'A'
 const TYPE_CLAIM = 0x43 // 'C'

@@ -1,4 +1,4 @@
-import type { Bus, BusHandlers, UserEvent } from './types.js'
+import type { Bus, BusHandlers, UserEvent } from './bus.js'
 
 /**
  * The in-process bus of a single instance: there is no other instance to

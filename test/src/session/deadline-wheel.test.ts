@@ -1,5 +1,5 @@
 import t from 'tap'
-import { DeadlineWheel, type WheelEntry } from '../../src/deadline-wheel.js'
+import { DeadlineWheel, type WheelEntry } from '../../../src/session/deadline-wheel.js'
 
 interface Entry extends WheelEntry {
   name: string

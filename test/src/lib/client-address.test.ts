@@ -1,5 +1,5 @@
 import t from 'tap'
-import { addressKey } from '../../src/client-address.js'
+import { addressKey } from '../../../src/lib/client-address.js'
 
 t.test('IPv4 addresses are counted as they are', async (t) => {
   t.equal(addressKey('203.0.113.7'), '203.0.113.7')

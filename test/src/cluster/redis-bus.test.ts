@@ -2,8 +2,8 @@ import t from 'tap'
 import { Redis } from 'ioredis'
 import pino from 'pino'
 import { Writable } from 'node:stream'
-import { RedisBus } from '../../../plugins/bus/redis.js'
-import type { UserEvent } from '../../../plugins/bus/types.js'
+import { RedisBus } from '../../../src/cluster/redis-bus.js'
+import type { UserEvent } from '../../../src/cluster/bus.js'
 import { RedisServer } from '../../helpers/redis-server.js'
 
 type T = Parameters<typeof RedisServer.start>[0]
