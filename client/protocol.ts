@@ -1,69 +1,14 @@
 /**
- * The gateway's wire contract (README "Protocol" and "Close codes"), defined
- * here once: the server imports it, and the SDK ships without the server.
+ * The gateway's wire contract as the SDK sees it: the frames and close codes
+ * of protocol/ (shared with the server, imported as types and constants
+ * only, so the SDK has no runtime dependency), and what the client does
+ * after each close code.
  */
 
-export type Severity = 'info' | 'warning' | 'critical'
+import { CloseCode } from '../protocol/close-codes.js'
 
-/** An alert pushed by the gateway. `ts` is epoch milliseconds. */
-export interface Alert {
-  type: 'alert'
-  id: string
-  ts: number
-  severity: Severity
-  title: string
-  body?: string
-  data?: Record<string, unknown>
-}
-
-/** The first frame of every session: the limits the client must respect. */
-export interface Welcome {
-  type: 'welcome'
-  connectionId: string
-  userId: string
-  heartbeatMs: number
-  reauthMs: number
-  maxMessageBytes: number
-}
-
-export interface Reauth {
-  type: 'reauth'
-  deadlineMs: number
-}
-
-export interface Pong {
-  type: 'pong'
-  id?: string | number
-}
-
-export interface ServerError {
-  type: 'error'
-  code: string
-  message: string
-}
-
-export type ServerFrame = Welcome | Alert | Reauth | Pong | ServerError
-
-export type ClientFrame =
-  | { type: 'auth', token: string }
-  | { type: 'ping', id?: string | number }
-  | { type: 'ack', alertId: string }
-
-export const CloseCode = {
-  NORMAL: 1000,
-  SHUTTING_DOWN: 1001,
-  PROTOCOL_ERROR: 1002,
-  BINARY_FRAME: 1003,
-  ABNORMAL: 1006,
-  INVALID_PAYLOAD: 1007,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-  OVERLOADED: 1013,
-  TOKEN_EXPIRED: 4401,
-  LOGGED_OUT: 4403,
-  REPLACED: 4409
-} as const
+export { CloseCode }
+export type { Alert, ClientFrame, Pong, Reauth, ServerError, ServerFrame, Severity, Welcome } from '../protocol/frames.js'
 
 /** What the client does after the server (or the network) ended a session. */
 export type ClosePolicy = 'reconnect' | 'logged-out' | 'replaced' | 'stop'

@@ -1,7 +1,19 @@
-import { CloseCode } from '../client/protocol.js'
-
-/** WebSocket close codes of the public contract, defined once (client/protocol.ts). */
-export { CloseCode }
+/** WebSocket close codes of the public contract (README "Close codes"). */
+export const CloseCode = {
+  NORMAL: 1000,
+  SHUTTING_DOWN: 1001,
+  PROTOCOL_ERROR: 1002,
+  BINARY_FRAME: 1003,
+  ABNORMAL: 1006,
+  INVALID_PAYLOAD: 1007,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  OVERLOADED: 1013,
+  TOKEN_EXPIRED: 4401,
+  LOGGED_OUT: 4403,
+  REPLACED: 4409
+} as const
 
 /** The codes this server sends itself (1002, 1007 come from the ws layer). */
 export type CloseCodeValue =

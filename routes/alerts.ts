@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { BusUnavailableError } from '../src/lib/errors.js'
-import { PublishAlertSchema, PublishResultSchema, type AlertFrame } from '../src/messages.js'
+import type { Alert } from '../protocol/frames.js'
+import { PublishAlertSchema, PublishResultSchema } from '../src/delivery/publish-schema.js'
 import { sanitiseAlertBody } from '../src/lib/sanitize.js'
 
 /** Largest accepted POST /alerts body. */
@@ -28,7 +29,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     preValidation: async (request) => { sanitiseAlertBody(request.body) }
   }, async (request, reply) => {
     const { target, severity, title, body, data } = request.body
-    const alert: AlertFrame = { type: 'alert', id: randomUUID(), ts: Date.now(), severity, title }
+    const alert: Alert = { type: 'alert', id: randomUUID(), ts: Date.now(), severity, title }
     if (body !== undefined) alert.body = body
     if (data !== undefined) alert.data = data
     // Encoded once, written as the same buffer to every socket.

@@ -5,7 +5,7 @@ import type { WebSocket } from 'ws'
 import { CloseCode } from '../protocol/close-codes.js'
 import { BusUnavailableError, ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError, TokenRevokedError } from '../src/lib/errors.js'
 import { handleMessage, type MessageContext } from '../src/session/message-handler.js'
-import type { WelcomeFrame } from '../src/messages.js'
+import type { Welcome } from '../protocol/frames.js'
 import type { ConnectionResult } from '../src/lib/metric-names.js'
 import { Session } from '../src/session/session.js'
 import { isRevoked } from '../plugins/auth.js'
@@ -189,7 +189,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     // ws hands over only sockets that completed the handshake (open).
     registry.add(session)
     metrics.connection('accepted')
-    const welcome: WelcomeFrame = {
+    const welcome: Welcome = {
       type: 'welcome',
       connectionId: session.id,
       userId: session.userId,

@@ -1,4 +1,4 @@
-import { MAX_DATA_DEPTH } from '../messages.js'
+import { MAX_DATA_DEPTH } from '../delivery/publish-schema.js'
 
 // C0 and C1 control characters (DEL included), and the bidi embedding,
 // override and isolate characters used to disguise text (CVE-2021-42574).

@@ -5,7 +5,8 @@ import type { GatewayConfig } from '../../config/index.js'
 import type { TokenClaims } from '../../plugins/auth.js'
 import type { GatewayMetrics } from '../../plugins/metrics.js'
 import { CloseCode } from '../../protocol/close-codes.js'
-import { CLIENT_MESSAGE_TYPES, MessageErrorCode, clientMessageValidator, type ClientMessage } from '../messages.js'
+import { Compile } from 'typebox/compile'
+import { CLIENT_FRAME_TYPES, ClientFrameSchema, ErrorCode, type ClientFrame, type ErrorCodeValue, type ServerFrame } from '../../protocol/frames.js'
 import type { RejectReason } from '../lib/metric-names.js'
 import type { Session } from './session.js'
 import type { SessionRegistry } from './session-registry.js'
@@ -21,9 +22,10 @@ export interface MessageContext {
   checkRevoked: (claims: TokenClaims) => Promise<void>
 }
 
-type ErrorCode = typeof MessageErrorCode[keyof typeof MessageErrorCode]
+/** Compiled once at module load, never per message. */
+const clientFrameValidator = Compile(ClientFrameSchema)
 
-function reply (ctx: MessageContext, session: Session, message: object): void {
+function reply (ctx: MessageContext, session: Session, message: ServerFrame): void {
   if (ctx.registry.send(session, Buffer.from(JSON.stringify(message)))) ctx.metrics.messagesSent.inc()
 }
 
@@ -38,7 +40,7 @@ function withinRate (ctx: MessageContext, session: Session, now: number): boolea
 }
 
 /** Answers a rejected message; past the per-minute allowance closes with 1008. */
-function reject (ctx: MessageContext, session: Session, now: number, reason: RejectReason & ErrorCode, message: string): void {
+function reject (ctx: MessageContext, session: Session, now: number, reason: RejectReason & ErrorCodeValue, message: string): void {
   ctx.metrics.rejected(reason)
   const times = session.malformed ?? (session.malformed = [])
   while (times.length > 0 && now - times[0] >= MALFORMED_WINDOW_MS) times.shift()
@@ -77,7 +79,7 @@ async function reauthenticate (ctx: MessageContext, session: Session, token: str
       // The session keeps its current one, whose exp still closes it; one
       // that was answering a re-auth request is asked again one grace
       // period from now, when the bus may be back.
-      reply(ctx, session, { type: 'error', code: MessageErrorCode.AUTH_FAILED, message: 'token could not be checked, try again' })
+      reply(ctx, session, { type: 'error', code: ErrorCode.AUTH_FAILED, message: 'token could not be checked, try again' })
       if (session.reauthDeadlineMs > 0) {
         session.reauthDeadlineMs = 0
         session.authAtMs = Date.now() + ctx.ws.reauthGraceMs - ctx.ws.reauthIntervalMs
@@ -94,7 +96,7 @@ async function reauthenticate (ctx: MessageContext, session: Session, token: str
   ctx.registry.reschedule(session)
 }
 
-function dispatch (ctx: MessageContext, session: Session, message: ClientMessage): void {
+function dispatch (ctx: MessageContext, session: Session, message: ClientFrame): void {
   switch (message.type) {
     case 'ping':
       reply(ctx, session, message.id === undefined ? { type: 'pong' } : { type: 'pong', id: message.id })
@@ -139,9 +141,9 @@ export function handleMessage (ctx: MessageContext, session: Session, data: RawD
       reject(ctx, session, now, 'invalid_json', 'message is not valid JSON')
       return
     }
-    if (!clientMessageValidator.Check(parsed)) {
+    if (!clientFrameValidator.Check(parsed)) {
       const type = (parsed as { type?: unknown } | null)?.type
-      if (typeof type === 'string' && CLIENT_MESSAGE_TYPES.has(type)) {
+      if (typeof type === 'string' && CLIENT_FRAME_TYPES.has(type)) {
         reject(ctx, session, now, 'invalid_message', `invalid ${type} message`)
       } else {
         reject(ctx, session, now, 'unknown_type', 'unknown message type')

@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { GatewayConfig } from '../../config/index.js'
+import type { Reauth } from '../../protocol/frames.js'
 import type { GatewayMetrics } from '../../plugins/metrics.js'
 import { CloseCode, type CloseCodeValue } from '../../protocol/close-codes.js'
 import { DeadlineWheel } from './deadline-wheel.js'
@@ -37,7 +38,8 @@ export class SessionRegistry {
     this.#log = opts.log
     this.#heartbeat = new Heartbeat(opts.ws.heartbeatIntervalMs, () => this.#list)
     this.#wheel = new DeadlineWheel(WHEEL_RESOLUTION_MS, (session, now) => this.#onDeadline(session, now))
-    this.#reauthFrame = Buffer.from(JSON.stringify({ type: 'reauth', deadlineMs: opts.ws.reauthGraceMs }))
+    const reauth: Reauth = { type: 'reauth', deadlineMs: opts.ws.reauthGraceMs }
+    this.#reauthFrame = Buffer.from(JSON.stringify(reauth))
   }
 
   start (): void {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import WebSocket from 'ws'
 import { CloseCode as ServerCloseCode } from '../../protocol/close-codes.js'
-import type { AlertFrame, WelcomeFrame } from '../../src/messages.js'
+import type { Alert as AlertFrame, Welcome as WelcomeFrame } from '../../protocol/frames.js'
 import { CloseCode, closePolicy, connect, type Alert, type ClientError, type WebSocketConstructor, type Welcome } from '../../client/index.js'
 import { TypedEvents } from '../../client/typed-events.js'
 

@@ -1,35 +1,7 @@
 import Type, { type Static } from 'typebox'
-import { Compile } from 'typebox/compile'
+import { SeveritySchema } from '../../protocol/frames.js'
 
-/** Longest accepted token in an `auth` message; real JWTs are far shorter. */
-const MAX_TOKEN_LENGTH = 8192
-const Id = Type.String({ minLength: 1, maxLength: 128 })
-
-export const AuthMessageSchema = Type.Object({
-  type: Type.Literal('auth'),
-  token: Type.String({ minLength: 1, maxLength: MAX_TOKEN_LENGTH })
-}, { additionalProperties: false })
-
-export const PingMessageSchema = Type.Object({
-  type: Type.Literal('ping'),
-  id: Type.Optional(Type.Union([Id, Type.Integer()]))
-}, { additionalProperties: false })
-
-export const AckMessageSchema = Type.Object({
-  type: Type.Literal('ack'),
-  alertId: Id
-}, { additionalProperties: false })
-
-/** Every message a client may send; anything else is rejected. */
-export const ClientMessageSchema = Type.Union([AuthMessageSchema, PingMessageSchema, AckMessageSchema])
-export type ClientMessage = Static<typeof ClientMessageSchema>
-
-/** Compiled once at module load, never per message. */
-export const clientMessageValidator = Compile(ClientMessageSchema)
-
-export const CLIENT_MESSAGE_TYPES = new Set(['auth', 'ping', 'ack'])
-
-export const SeveritySchema = Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')])
+/** The HTTP contract of POST /alerts: its body and its 202 answer. */
 
 export const AlertTargetSchema = Type.Union([
   Type.Object({ all: Type.Literal(true) }, { additionalProperties: false }),
@@ -76,14 +48,3 @@ export const PublishResultSchema = Type.Object({
   id: Type.String(),
   delivered: Type.Integer({ minimum: 0 })
 })
-
-/** Frames as written to clients, defined once with the client (client/protocol.ts). */
-export type { Alert as AlertFrame, Welcome as WelcomeFrame } from '../client/protocol.js'
-
-/** Codes of `error` replies. */
-export const MessageErrorCode = {
-  INVALID_JSON: 'invalid_json',
-  INVALID_MESSAGE: 'invalid_message',
-  UNKNOWN_TYPE: 'unknown_type',
-  AUTH_FAILED: 'auth_failed'
-} as const
