@@ -8,7 +8,7 @@ import { handleMessage, type MessageContext } from '../src/session/message-handl
 import type { Welcome } from '../protocol/frames.js'
 import type { ConnectionResult } from '../src/lib/metric-names.js'
 import { Session } from '../src/session/session.js'
-import { isRevoked } from '../plugins/auth.js'
+import { isRevoked } from '../src/lib/token-claims.js'
 
 /** What a request reserved before the upgrade; released if no session takes it. */
 interface Reservation {

@@ -45,7 +45,7 @@ if (tls !== undefined) {
 
 try {
   const address = await app.listen({ host: config.host, port: config.port })
-  if (config.jwt.devSecret) printDevelopmentHelp(app, config, address)
+  if (config.jwt.devSecret) printDevelopmentHelp(app.log, config, address)
 } catch (err) {
   app.log.fatal({ err }, 'could not start')
   process.exit(1)

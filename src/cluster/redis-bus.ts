@@ -1,6 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis'
-import type { FastifyBaseLogger } from 'fastify'
 import type { Bus, BusHandlers, UserEvent } from './bus.js'
+import type { Log } from '../lib/log.js'
 
 const TYPE_ALERT = 0x41 // 'A'
 const TYPE_CLAIM = 0x43 // 'C'
@@ -16,7 +16,7 @@ export interface RedisBusOptions {
   instanceId: string
   /** Prefix of every key and channel, e.g. `gw:`. */
   prefix: string
-  log: FastifyBaseLogger
+  log: Log
   /** Bound on any one command, so a stalled Redis never hangs a request. */
   commandTimeoutMs?: number
 }
@@ -45,7 +45,7 @@ export class RedisBus implements Bus {
   readonly #prefix: string
   readonly #allChannel: string
   readonly #userChannelPrefix: string
-  readonly #log: FastifyBaseLogger
+  readonly #log: Log
   readonly #watched = new Map<string, { refs: number, ready: Promise<unknown> }>()
   /** User channels to subscribe at the next flush; #pendingFlush settles with it. */
   readonly #pendingChannels = new Set<string>()

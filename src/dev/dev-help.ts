@@ -1,9 +1,9 @@
-import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../../config/index.js'
+import type { Log } from '../lib/log.js'
 import { mintToken } from './dev-tokens.js'
 
 /** Development start banner: ready tokens and the commands to try them. */
-export function printDevelopmentHelp (app: FastifyInstance, config: GatewayConfig, address: string): void {
+export function printDevelopmentHelp (log: Log, config: GatewayConfig, address: string): void {
   const userToken = mintToken(config.jwt, 'dev-user', { ttl: '12h' })
   const serviceToken = mintToken(config.jwt, 'dev-service', { scope: 'alerts:publish', ttl: '12h' })
   const wsUrl = address.replace(/^http/, 'ws') + '/ws'
@@ -28,5 +28,5 @@ export function printDevelopmentHelp (app: FastifyInstance, config: GatewayConfi
   ]
   // Printed to stdout, not the log: tokens never go to the log stream.
   process.stdout.write(lines.join('\n') + '\n')
-  app.log.info('development help printed to stdout')
+  log.info('development help printed to stdout')
 }

@@ -1,15 +1,15 @@
-import type { FastifyBaseLogger } from 'fastify'
 import secureJson from 'secure-json-parse'
 import type { RawData } from 'ws'
 import type { GatewayConfig } from '../../config/index.js'
-import type { TokenClaims } from '../../plugins/auth.js'
-import type { GatewayMetrics } from '../../plugins/metrics.js'
+import type { TokenClaims } from '../lib/token-claims.js'
+import type { GatewayMetrics } from '../lib/metrics.js'
 import { CloseCode } from '../../protocol/close-codes.js'
 import { Compile } from 'typebox/compile'
 import { CLIENT_FRAME_TYPES, ClientFrameSchema, ErrorCode, type ClientFrame, type ErrorCodeValue, type ServerFrame } from '../../protocol/frames.js'
 import type { RejectReason } from '../lib/metric-names.js'
 import type { Session } from './session.js'
 import type { SessionRegistry } from './session-registry.js'
+import type { Log } from '../lib/log.js'
 
 const MALFORMED_WINDOW_MS = 60_000
 
@@ -17,7 +17,7 @@ export interface MessageContext {
   ws: GatewayConfig['ws']
   registry: SessionRegistry
   metrics: GatewayMetrics
-  log: FastifyBaseLogger
+  log: Log
   verifyToken: (token: string) => Promise<TokenClaims>
   checkRevoked: (claims: TokenClaims) => Promise<void>
 }

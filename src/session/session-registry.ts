@@ -1,18 +1,18 @@
-import type { FastifyBaseLogger } from 'fastify'
 import type { GatewayConfig } from '../../config/index.js'
 import type { Reauth } from '../../protocol/frames.js'
-import type { GatewayMetrics } from '../../plugins/metrics.js'
+import type { GatewayMetrics } from '../lib/metrics.js'
 import { CloseCode, type CloseCodeValue } from '../../protocol/close-codes.js'
 import { DeadlineWheel } from './deadline-wheel.js'
 import { Heartbeat } from './heartbeat.js'
 import type { Session } from './session.js'
+import type { Log } from '../lib/log.js'
 
 const WHEEL_RESOLUTION_MS = 100
 
 export interface SessionRegistryOptions {
   ws: GatewayConfig['ws']
   metrics: GatewayMetrics
-  log: FastifyBaseLogger
+  log: Log
 }
 
 /**
@@ -25,7 +25,7 @@ export class SessionRegistry {
   readonly #byUser = new Map<string, Session[]>()
   readonly #ws: GatewayConfig['ws']
   readonly #metrics: GatewayMetrics
-  readonly #log: FastifyBaseLogger
+  readonly #log: Log
   readonly #heartbeat: Heartbeat<Session>
   readonly #wheel: DeadlineWheel<Session>
   readonly #reauthFrame: Buffer

@@ -1,6 +1,6 @@
-import type { FastifyBaseLogger } from 'fastify'
 import type { Gauge } from 'prom-client'
 import type { GatewayConfig } from '../../config/index.js'
+import type { Log } from '../lib/log.js'
 
 /**
  * Flags a connection spike (a possible DDoS): the connect attempts of the
@@ -11,13 +11,13 @@ import type { GatewayConfig } from '../../config/index.js'
 export class SpikeDetector {
   readonly #opts: GatewayConfig['spike']
   readonly #gauge: Gauge
-  readonly #log: FastifyBaseLogger
+  readonly #log: Log
   readonly #history: number[] = []
   #count = 0
   #active = false
   #timer: NodeJS.Timeout | null = null
 
-  constructor (opts: GatewayConfig['spike'], gauge: Gauge, log: FastifyBaseLogger) {
+  constructor (opts: GatewayConfig['spike'], gauge: Gauge, log: Log) {
     this.#opts = opts
     this.#gauge = gauge
     this.#log = log

@@ -5,7 +5,7 @@ import { testConfig } from '../../helpers/config.js'
 import { handleMessage, type MessageContext } from '../../../src/session/message-handler.js'
 import { Session } from '../../../src/session/session.js'
 import type { SessionRegistry } from '../../../src/session/session-registry.js'
-import type { GatewayMetrics } from '../../../plugins/metrics.js'
+import type { GatewayMetrics } from '../../../src/lib/metrics.js'
 
 // Internal failures must never escape a socket handler: they close with 1011.
 function context (overrides: Partial<MessageContext> = {}): { ctx: MessageContext, closed: number[], session: Session } {

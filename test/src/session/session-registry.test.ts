@@ -4,7 +4,7 @@ import type { WebSocket } from 'ws'
 import { testConfig } from '../../helpers/config.js'
 import { SessionRegistry } from '../../../src/session/session-registry.js'
 import { Session } from '../../../src/session/session.js'
-import type { GatewayMetrics } from '../../../plugins/metrics.js'
+import type { GatewayMetrics } from '../../../src/lib/metrics.js'
 
 t.test('removing a session that was never registered is a no-op', async (t) => {
   const counter = { inc () {}, dec () {}, observe () {} }
