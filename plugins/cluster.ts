@@ -1,48 +1,36 @@
+import { randomBytes } from 'node:crypto'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
-import type { Redis } from 'ioredis'
-import { MemoryBus } from '../src/cluster/memory-bus.js'
-import { RedisBus } from '../src/cluster/redis-bus.js'
-import type { Bus } from '../src/cluster/bus.js'
+import { createCluster, type Cluster } from '../src/cluster/cluster.js'
 
-export type { Bus, BusHandlers, UserEvent } from '../src/cluster/bus.js'
-
-export interface BusOptions {
-  /** Unset: one instance, in-process bus. Set: Redis bus. */
+export interface ClusterOptions {
+  /** Unset: one instance, everything in process. Set: Redis. */
   redisUrl?: string
-  /** Fixed-length id of this instance. */
-  instanceId: string
-  /** Prefix of every Redis key and channel. */
+  /** Prefix of every Redis key and channel (tests isolate runs with it). */
   prefix: string
 }
 
 /**
- * Decorates `fastify.bus` (memory or Redis, chosen by `redisUrl`) and
- * `fastify.redis` (the Redis command connection, or null). Registration never
- * waits for Redis: an instance starts while Redis is down and `/ready` says so.
+ * Decorates `fastify.cluster` (the broker and the stores the instances
+ * share: memory, or Redis when `redisUrl` is set) and `fastify.instanceId`.
+ * Registration never waits for Redis: an instance starts while Redis is
+ * down and `/ready` says so. The connections close with the app.
  */
-async function busPlugin (fastify: FastifyInstance, opts: BusOptions) {
-  if (typeof opts.instanceId !== 'string' || opts.instanceId.length === 0) throw new Error('bus: option instanceId is required')
-  let bus: Bus
-  let redis: Redis | null = null
-  if (opts.redisUrl === undefined) {
-    bus = new MemoryBus()
-  } else {
-    const redisBus = new RedisBus({ url: opts.redisUrl, instanceId: opts.instanceId, prefix: opts.prefix, log: fastify.log })
-    await redisBus.start()
-    redis = redisBus.client
-    bus = redisBus
-  }
-  fastify.decorate('bus', bus)
-  fastify.decorate('redis', redis)
-  fastify.addHook('onClose', async () => bus.close())
+async function clusterPlugin (fastify: FastifyInstance, opts: ClusterOptions) {
+  if (typeof opts.prefix !== 'string') throw new Error('cluster: option prefix is required')
+  const instanceId = randomBytes(8).toString('hex')
+  const cluster = createCluster({ redisUrl: opts.redisUrl, instanceId, prefix: opts.prefix, log: fastify.log })
+  fastify.decorate('instanceId', instanceId)
+  fastify.decorate('cluster', cluster)
+  fastify.addHook('onClose', async () => cluster.close())
 }
 
-export default fp(busPlugin, { name: 'bus', fastify: '5.x' })
+export default fp(clusterPlugin, { name: 'cluster', fastify: '5.x' })
 
 declare module 'fastify' {
   interface FastifyInstance {
-    bus: Bus
-    redis: Redis | null
+    cluster: Cluster
+    /** Unique id of this instance (slot members, the broker's origin). */
+    instanceId: string
   }
 }

@@ -16,7 +16,7 @@ const BODY_LIMIT = 64 * 1024
  * through the bus and count in their own metrics.
  */
 export default async function alertRoutes (fastify: FastifyInstance) {
-  const { bus, sessions, limits } = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const { delivery, limits } = fastify
 
   fastify.withTypeProvider<TypeBoxTypeProvider>().post('/alerts', {
     bodyLimit: BODY_LIMIT,
@@ -37,11 +37,9 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     let delivered: number
     try {
       if ('all' in target) {
-        delivered = sessions.broadcast(frame)
-        await bus.publishBroadcast(frame)
+        delivered = await delivery.broadcast(frame)
       } else {
-        delivered = sessions.sendToUser(target.userId, frame)
-        await bus.publishUser(target.userId, { type: 'alert', frame })
+        delivered = await delivery.sendToUser(target.userId, frame)
       }
     } catch (err) {
       request.log.warn({ err, alertId: alert.id }, 'alert not published to the other instances')

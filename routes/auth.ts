@@ -3,7 +3,7 @@ import { BusUnavailableError } from '../src/lib/errors.js'
 
 /** POST /auth/logout: revokes the caller's tokens and closes their sockets. */
 export default async function authRoutes (fastify: FastifyInstance) {
-  const { bus, claims, gatewayConfig: config, limits } = fastify
+  const { cluster, claims, gatewayConfig: config, limits } = fastify
 
   fastify.post('/auth/logout', {
     onRequest: [limits.rest(fastify.authenticateUser)]
@@ -13,12 +13,14 @@ export default async function authRoutes (fastify: FastifyInstance) {
     // Keep the revocation at least as long as the token used here lives.
     const ttl = Math.max(config.revocationTtlSec, exp - before + 1)
     try {
-      await bus.revoke(sub, before, ttl)
+      // Stored before it is published: a connection claiming the user
+      // meanwhile reads it after subscribing (see UserClaims).
+      await cluster.revocations.revoke(sub, before, ttl)
+      await claims.logout(sub, before)
     } catch (err) {
-      request.log.warn({ err }, 'revocation not stored')
+      request.log.warn({ err }, 'logout not stored or not published')
       throw new BusUnavailableError()
     }
-    claims.onLogout(sub, before)
     request.log.info({ userId: sub }, 'user logged out')
     return reply.code(204).send()
   })

@@ -1,11 +1,10 @@
-import { randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import websocket from '@fastify/websocket'
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
 import type { GatewayConfig } from '../config/index.js'
 import authPlugin from '../plugins/auth.js'
-import busPlugin from '../plugins/cluster.js'
+import clusterPlugin from '../plugins/cluster.js'
+import gatewayPlugin from '../plugins/gateway.js'
 import limitsPlugin from '../plugins/limits.js'
 import metricsPlugin from '../plugins/metrics.js'
 import securityPlugin from '../plugins/security.js'
@@ -15,11 +14,7 @@ import demoRoutes from '../routes/demo.js'
 import healthRoutes from '../routes/health.js'
 import metricsRoutes from '../routes/metrics.js'
 import wsRoutes from '../routes/ws.js'
-import { CloseCode } from '../protocol/close-codes.js'
-import { Lifecycle } from './lib/lifecycle.js'
-import { SessionRegistry } from './session/session-registry.js'
-import { SpikeDetector } from './session/spike-detector.js'
-import { UserClaims } from './session/user-claims.js'
+import { tlsOptions } from './lib/tls.js'
 import { clientErrorHandler, frameworkErrors, loggerOptions, notFoundHandler } from './logger.js'
 
 export interface BuildOptions {
@@ -31,29 +26,7 @@ export interface BuildOptions {
   redisPrefix?: string
 }
 
-/** Closes every session with 1001 and waits for them, at most `timeoutMs`. */
-async function drain (app: FastifyInstance, timeoutMs: number): Promise<void> {
-  const { lifecycle, sessions } = app
-  lifecycle.phase = 'draining'
-  if (sessions.size === 0) return
-  app.log.info({ sessions: sessions.size }, 'draining sessions')
-  sessions.closeAll(CloseCode.SHUTTING_DOWN)
-  const deadline = Date.now() + timeoutMs
-  await new Promise<void>((resolve) => {
-    const timer = setInterval(() => {
-      if (sessions.size === 0 || Date.now() >= deadline) {
-        clearInterval(timer)
-        resolve()
-      }
-    }, 20)
-  })
-  if (sessions.size > 0) {
-    app.log.warn({ sessions: sessions.size }, 'terminating sessions that did not finish the close handshake')
-    sessions.terminateAll()
-  }
-}
-
-/** Builds the gateway: plugins, session registry, routes. Call listen() on it. */
+/** Builds the gateway: registers the plugins, then the routes. Call listen() on it. */
 export async function buildApp (config: GatewayConfig, options: BuildOptions = {}): Promise<FastifyInstance> {
   const serverOptions: FastifyServerOptions & { https?: object } = {
     // proxy-addr takes a hop count too; Fastify's types omit it.
@@ -71,61 +44,23 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
       ? { loggerInstance: options.loggerInstance }
       : { logger: loggerOptions(config.logLevel) })
   }
-  if (config.tls !== undefined) {
-    serverOptions.https = {
-      cert: readFileSync(config.tls.certFile),
-      key: readFileSync(config.tls.keyFile),
-      minVersion: 'TLSv1.2'
-    }
-  }
+  if (config.tls !== undefined) serverOptions.https = tlsOptions(config.tls)
   const app = Fastify(serverOptions) as unknown as FastifyInstance
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   app.setNotFoundHandler(notFoundHandler)
 
-  const instanceId = randomBytes(8).toString('hex')
-  const lifecycle = new Lifecycle()
-  app.decorate('gatewayConfig', config)
-  app.decorate('lifecycle', lifecycle)
-  app.decorate('instanceId', instanceId)
-
+  const prefix = options.redisPrefix ?? 'gw:'
   await app.register(metricsPlugin, { defaultMetrics: options.defaultMetrics ?? true })
-  await app.register(busPlugin, { redisUrl: config.redisUrl, instanceId, prefix: options.redisPrefix ?? 'gw:' })
+  await app.register(clusterPlugin, { redisUrl: config.redisUrl, prefix })
   await app.register(authPlugin, {
     jwt: config.jwt,
     allowedOrigins: config.allowedOrigins,
     warnOpenOrigins: config.env === 'production',
-    revokedBefore: (userId: string) => app.bus.revokedBefore(userId)
+    revokedBefore: (userId: string) => app.cluster.revocations.revokedBefore(userId)
   })
-  await app.register(limitsPlugin, { limits: config.limits, redis: app.redis, instanceId, keyPrefix: options.redisPrefix ?? 'gw:' })
-  const sessions = new SessionRegistry({ ws: config.ws, metrics: app.metrics, log: app.log })
-  const claims = new UserClaims(app.bus, sessions, config.ws.maxConnectionsPerUser)
-  const spike = new SpikeDetector(config.spike, app.metrics.connectionSpike, app.log)
-  app.decorate('sessions', sessions)
-  app.decorate('claims', claims)
-  app.decorate('spike', spike)
-  app.bus.setHandlers({
-    onBroadcast: (frame) => { sessions.broadcast(frame) },
-    onUserEvent: (userId, event) => {
-      if (event.type === 'alert') sessions.sendToUser(userId, event.frame)
-      else if (event.type === 'claim') claims.onRemoteClaim(userId, event.generation)
-      else claims.onLogout(userId, event.before)
-    },
-    onConnectedChange: (connected) => app.metrics.busConnected.set(connected ? 1 : 0)
-  })
-  app.metrics.busConnected.set(app.bus.connected ? 1 : 0)
-
-  // Registered before @fastify/websocket, so it runs before the plugin stops
-  // listening for upgrades: new upgrades get 503 while sessions drain.
-  app.addHook('preClose', async () => {
-    await drain(app, config.shutdownTimeoutMs)
-    sessions.stop()
-    spike.stop()
-  })
-  app.addHook('onReady', async () => {
-    sessions.start()
-    spike.start()
-    lifecycle.phase = 'ready'
-  })
+  await app.register(limitsPlugin, { limits: config.limits, redis: app.cluster.redis, instanceId: app.instanceId, keyPrefix: prefix })
+  // Before @fastify/websocket: its drain (preClose) runs while upgrades still get 503.
+  await app.register(gatewayPlugin, { config })
 
   await app.register(websocket, {
     options: {
@@ -134,7 +69,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
       // The registry tracks sessions; ws's own client set would be a second copy.
       clientTracking: false
     },
-    // Sessions drain in the preClose hook above.
+    // Sessions drain in the gateway plugin's preClose hook.
     preClose: (done) => done()
     // Socket errors are handled per session (routes/ws.ts), so the upgrade
     // request is not retained by an error listener.
@@ -157,15 +92,4 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   // development secret (never in production, never with a configured key).
   if (config.jwt.devSecret) await app.register(demoRoutes)
   return app
-}
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    gatewayConfig: GatewayConfig
-    lifecycle: Lifecycle
-    instanceId: string
-    sessions: SessionRegistry
-    claims: UserClaims
-    spike: SpikeDetector
-  }
 }

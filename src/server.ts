@@ -1,8 +1,8 @@
-import { readFileSync } from 'node:fs'
 import type { Server as HttpsServer } from 'node:https'
 import closeWithGrace from 'close-with-grace'
 import { loadConfig, type GatewayConfig } from '../config/index.js'
 import { buildApp } from './app.js'
+import { tlsOptions } from './lib/tls.js'
 import { printDevelopmentHelp } from './dev/dev-help.js'
 
 let config: GatewayConfig
@@ -35,7 +35,7 @@ if (tls !== undefined) {
   // files as they are now; open connections keep their session.
   process.on('SIGHUP', () => {
     try {
-      (app.server as unknown as HttpsServer).setSecureContext({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' })
+      (app.server as unknown as HttpsServer).setSecureContext(tlsOptions(tls))
       app.log.info('TLS certificate reloaded')
     } catch (err) {
       app.log.error({ err }, 'TLS certificate reload failed; keeping the current one')

@@ -1,4 +1,6 @@
-import type { Bus } from '../cluster/bus.js'
+import type { ClaimStore } from '../cluster/claim-store.js'
+import type { RevocationStore } from '../cluster/revocation-store.js'
+import type { ControlEvent, Delivery } from '../delivery/delivery.js'
 import type { SessionRegistry } from './session-registry.js'
 
 /** What a connection holds once it claimed its user. */
@@ -11,8 +13,8 @@ export interface Claim {
 
 /**
  * Newest connection wins, cluster-wide. A connection claims its user before
- * the upgrade: subscribe to the user's events first, then take the next
- * generation (Redis INCR). Any instance that sees a claim of generation g
+ * the upgrade: watch the user's events first (Delivery), then take the next
+ * generation (the claim store: Redis INCR). Any instance that sees a claim of generation g
  * closes its sessions of that user older than the newest
  * MAX_CONNECTIONS_PER_USER. Subscribing before taking the generation means
  * every later claim is seen; remembering the newest generation seen covers a
@@ -24,36 +26,42 @@ export interface Claim {
  * session is registered is remembered until the session asks
  * (`loggedOutSince`). Either way a connection racing a logout is closed.
  */
+export interface UserClaimsOptions {
+  delivery: Delivery
+  store: ClaimStore
+  revocations: RevocationStore
+  registry: SessionRegistry
+  maxPerUser: number
+}
+
 export class UserClaims {
-  readonly #bus: Bus
+  readonly #delivery: Delivery
+  readonly #store: ClaimStore
+  readonly #revocations: RevocationStore
   readonly #registry: SessionRegistry
   readonly #maxPerUser: number
   readonly #newest = new Map<string, number>()
   readonly #logouts = new Map<string, number>()
-  readonly #watchers = new Map<string, number>()
 
-  constructor (bus: Bus, registry: SessionRegistry, maxPerUser: number) {
-    this.#bus = bus
-    this.#registry = registry
-    this.#maxPerUser = maxPerUser
+  constructor (opts: UserClaimsOptions) {
+    this.#delivery = opts.delivery
+    this.#store = opts.store
+    this.#revocations = opts.revocations
+    this.#registry = opts.registry
+    this.#maxPerUser = opts.maxPerUser
+    this.#delivery.setControlHandler((userId, event) => this.apply(userId, event))
   }
 
   /**
-   * Subscribes, then takes a generation and reads the revocation (one round
-   * trip); call release() unless it throws.
+   * Watches the user, then takes a generation and reads the revocation (one
+   * round trip); call release() unless it throws.
    */
   async claim (userId: string): Promise<Claim> {
-    this.#watchers.set(userId, (this.#watchers.get(userId) ?? 0) + 1)
-    try {
-      await this.#bus.watchUser(userId)
-    } catch (err) {
-      this.#unref(userId)
-      throw err
-    }
+    await this.#delivery.watch(userId)
     try {
       const [generation, revokedBefore] = await Promise.all([
-        this.#bus.nextGeneration(userId),
-        this.#bus.revokedBefore(userId)
+        this.#store.nextGeneration(userId),
+        this.#revocations.revokedBefore(userId)
       ])
       return { generation, revokedBefore }
     } catch (err) {
@@ -62,31 +70,19 @@ export class UserClaims {
     }
   }
 
-  /** After the session of `generation` is registered: close the older ones. */
+  /** After the session of `generation` is registered: close the older ones, everywhere. */
   announce (userId: string, generation: number): Promise<void> {
-    this.#seen(userId, generation)
-    this.#registry.applyClaim(userId, generation)
-    return this.#bus.publishUser(userId, { type: 'claim', generation })
+    return this.#delivery.control(userId, { type: 'claim', generation })
+  }
+
+  /** The user logged out at `before`: close the sessions it revokes, everywhere. */
+  logout (userId: string, before: number): Promise<void> {
+    return this.#delivery.control(userId, { type: 'logout', before })
   }
 
   /** True when a newer claim already displaced `generation`. */
   superseded (userId: string, generation: number): boolean {
     return (this.#newest.get(userId) ?? 0) - generation >= this.#maxPerUser
-  }
-
-  /** A claim published by another instance. */
-  onRemoteClaim (userId: string, generation: number): void {
-    this.#seen(userId, generation)
-    this.#registry.applyClaim(userId, generation)
-  }
-
-  /**
-   * The user logged out at `before` (here or on another instance): close the
-   * sessions it revokes, and remember it for connections still completing.
-   */
-  onLogout (userId: string, before: number): void {
-    if (this.#watchers.has(userId) && before > (this.#logouts.get(userId) ?? -1)) this.#logouts.set(userId, before)
-    this.#registry.applyLogout(userId, before)
   }
 
   /**
@@ -99,23 +95,25 @@ export class UserClaims {
   }
 
   release (userId: string): void {
-    this.#bus.unwatchUser(userId)
-    this.#unref(userId)
+    this.#delivery.unwatch(userId)
+    if (this.#delivery.watching(userId)) return
+    this.#newest.delete(userId)
+    this.#logouts.delete(userId)
+    this.#store.forget(userId)
   }
 
-  #unref (userId: string): void {
-    const refs = (this.#watchers.get(userId) ?? 0) - 1
-    if (refs > 0) {
-      this.#watchers.set(userId, refs)
+  /**
+   * A claim or logout, from here or another instance. What concerns a user
+   * watched here is remembered, for connections still completing.
+   */
+  apply (userId: string, event: ControlEvent): void {
+    const watched = this.#delivery.watching(userId)
+    if (event.type === 'claim') {
+      if (watched && event.generation > (this.#newest.get(userId) ?? 0)) this.#newest.set(userId, event.generation)
+      this.#registry.applyClaim(userId, event.generation)
     } else {
-      this.#watchers.delete(userId)
-      this.#newest.delete(userId)
-      this.#logouts.delete(userId)
+      if (watched && event.before > (this.#logouts.get(userId) ?? -1)) this.#logouts.set(userId, event.before)
+      this.#registry.applyLogout(userId, event.before)
     }
-  }
-
-  #seen (userId: string, generation: number): void {
-    if (!this.#watchers.has(userId)) return
-    if (generation > (this.#newest.get(userId) ?? 0)) this.#newest.set(userId, generation)
   }
 }

@@ -1,23 +1,23 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
-import busPlugin from '../../plugins/cluster.js'
-import { MemoryBus } from '../../src/cluster/memory-bus.js'
+import clusterPlugin from '../../plugins/cluster.js'
+import { MemoryRevocationStore } from '../../src/cluster/revocation-store.js'
 import limitsPlugin from '../../plugins/limits.js'
 import { RedisIpSlots } from '../../src/cluster/ip-slots.js'
 import { RedisServer } from '../helpers/redis-server.js'
 
 t.test('plugins name the missing option', async (t) => {
   const app = Fastify()
-  app.register(busPlugin, {} as never)
-  await t.rejects(async () => app.ready(), /bus: option instanceId is required/)
+  app.register(clusterPlugin, {} as never)
+  await t.rejects(async () => app.ready(), /cluster: option prefix is required/)
   const other = Fastify()
   other.register(limitsPlugin, {} as never)
   await t.rejects(async () => other.ready(), /limits: option limits is required/)
 })
 
 t.test('memory revocations expire', async (t) => {
-  const bus = new MemoryBus()
+  const bus = new MemoryRevocationStore()
   await bus.revoke('u', 100, 60)
   await bus.revoke('v', 100, 1)
   t.equal(await bus.revokedBefore('u'), 100)

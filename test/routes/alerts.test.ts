@@ -298,9 +298,8 @@ t.test('PUBLISH_RATE_LIMIT_PER_MINUTE: publishers are limited by token sub, not 
 
 t.test('a publish or logout whose bus step fails after authentication answers 503', async (t) => {
   const gw = await build(t)
-  gw.app.bus.publishBroadcast = async () => { throw new Error('bus gone') }
-  gw.app.bus.publishUser = async () => { throw new Error('bus gone') }
-  gw.app.bus.revoke = async () => { throw new Error('bus gone') }
+  gw.app.cluster.broker.publish = async () => { throw new Error('bus gone') }
+  gw.app.cluster.revocations.revoke = async () => { throw new Error('bus gone') }
   t.equal((await publish(gw.url, alertTo({ all: true }))).status, 503, 'broadcast')
   t.equal((await publish(gw.url, alertTo({ userId: 'nobody' }))).status, 503, 'per-user')
   const logout = await fetch(`${gw.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('bus-gone')}` } })

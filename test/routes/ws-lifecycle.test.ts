@@ -433,7 +433,7 @@ t.test('with Redis', async (t) => {
 
   async function buildClustered (t: Tap, env: Record<string, string> = {}, prefix = `t-${randomUUID()}:`, url = redis.url): Promise<Built> {
     const built = await build(t, { env: { REDIS_URL: url, ...env }, redisPrefix: prefix })
-    await waitUntil(() => built.app.bus.connected, 5000, 'the bus to connect')
+    await waitUntil(() => built.app.cluster.broker.connected, 5000, 'the bus to connect')
     return built
   }
 
@@ -517,7 +517,7 @@ t.test('with Redis', async (t) => {
     const { app, wsUrl } = await buildClustered(t, {}, undefined, own.url)
     await own.stop()
     // The revocation read answered just before Redis went away.
-    app.bus.revokedBefore = async () => null
+    app.cluster.revocations.revokedBefore = async () => null
     t.equal((await TestClient.refused(wsUrl, { token: userToken(newUser()) })).status, 503)
   })
 })

@@ -10,7 +10,7 @@ import { TestClient } from '../helpers/ws-client.js'
 t.test('a connection overtaken by a newer claim before it completed is closed with 4409', async (t) => {
   const { app, wsUrl } = await build(t)
   await app.claims.claim('racer')
-  app.claims.onRemoteClaim('racer', 50)
+  app.claims.apply('racer', { type: 'claim', generation: 50 })
   const { client } = await TestClient.connect(wsUrl, { token: userToken('racer') })
   t.equal((await client.waitClosed()).code, 4409)
   app.claims.release('racer')
@@ -18,7 +18,7 @@ t.test('a connection overtaken by a newer claim before it completed is closed wi
 
 t.test('a session whose announcement fails stays open (the claim is already taken)', async (t) => {
   const { app, wsUrl } = await build(t, { captureLogs: 'warn' })
-  app.bus.publishUser = async () => { throw new Error('bus down') }
+  app.cluster.broker.publish = async () => { throw new Error('bus down') }
   const { client } = await TestClient.connect(wsUrl, { token: userToken('quiet') })
   client.send({ type: 'ping', id: 1 })
   t.same(await client.next('pong'), { type: 'pong', id: 1 })
@@ -72,7 +72,7 @@ t.test('a logout stored before the claim refuses the upgrade with 403 (read agai
   const original = app.claims.claim.bind(app.claims)
   app.claims.claim = async (userId: string) => {
     // The logout lands after the onRequest check, before the claim.
-    await app.bus.revoke(userId, nowSec(), 60)
+    await app.cluster.revocations.revoke(userId, nowSec(), 60)
     return original(userId)
   }
   t.equal((await TestClient.refused(wsUrl, { token: userToken('late-logout') })).status, 403)
@@ -85,7 +85,7 @@ t.test('a logout seen after the claim closes the new session with 4403 as soon a
   app.claims.claim = async (userId: string) => {
     const claim = await original(userId)
     // The logout event arrives while the 101 is on its way.
-    app.claims.onLogout(userId, nowSec())
+    app.claims.apply(userId, { type: 'logout', before: nowSec() })
     return claim
   }
   const client = await TestClient.open(wsUrl, { token: userToken('in-flight') })

@@ -1,36 +1,45 @@
 import t from 'tap'
-import { MemoryBus } from '../../../src/cluster/memory-bus.js'
+import { MemoryBroker } from '../../../src/cluster/memory-broker.js'
+import { MemoryClaimStore } from '../../../src/cluster/claim-store.js'
+import { MemoryRevocationStore } from '../../../src/cluster/revocation-store.js'
+import { Delivery } from '../../../src/delivery/delivery.js'
 import type { SessionRegistry } from '../../../src/session/session-registry.js'
 import { UserClaims } from '../../../src/session/user-claims.js'
+import pino from 'pino'
 
-const registry = { applyClaim: () => {} } as unknown as SessionRegistry
+const log = pino({ level: 'silent' })
+
+function claimsWith (opts: { store?: MemoryClaimStore, broker?: MemoryBroker, maxPerUser?: number, registry?: Partial<SessionRegistry> } = {}): { claims: UserClaims, delivery: Delivery, revocations: MemoryRevocationStore } {
+  const registry = { applyClaim: () => {}, applyLogout: () => {}, ...opts.registry } as unknown as SessionRegistry
+  const delivery = new Delivery({ broker: opts.broker ?? new MemoryBroker(), sessions: registry, log })
+  const revocations = new MemoryRevocationStore()
+  const claims = new UserClaims({ delivery, store: opts.store ?? new MemoryClaimStore(), revocations, registry, maxPerUser: opts.maxPerUser ?? 1 })
+  return { claims, delivery, revocations }
+}
 
 t.test('a failed subscription or generation releases what was taken', async (t) => {
-  const bus = new MemoryBus()
-  let unwatched = 0
-  bus.watchUser = async () => { throw new Error('subscriber down') }
-  bus.unwatchUser = () => { unwatched++ }
-  const claims = new UserClaims(bus, registry, 1)
-  await t.rejects(claims.claim('u'), /subscriber down/)
-  t.equal(unwatched, 0, 'nothing to unwatch when the subscription failed')
+  const broker = new MemoryBroker()
+  broker.subscribe = async () => { throw new Error('subscriber down') }
+  const first = claimsWith({ broker })
+  await t.rejects(first.claims.claim('u'), /subscriber down/)
+  t.notOk(first.delivery.watching('u'), 'nothing watched when the subscription failed')
 
-  const bus2 = new MemoryBus()
-  bus2.nextGeneration = async () => { throw new Error('INCR failed') }
-  bus2.unwatchUser = () => { unwatched++ }
-  const claims2 = new UserClaims(bus2, registry, 1)
-  await t.rejects(claims2.claim('u'), /INCR failed/)
-  t.equal(unwatched, 1, 'the subscription is released when the generation fails')
-  claims2.onRemoteClaim('u', 5)
-  t.notOk(claims2.superseded('u', 1), 'and the user is no longer tracked')
+  const store = new MemoryClaimStore()
+  store.nextGeneration = async () => { throw new Error('INCR failed') }
+  const second = claimsWith({ store })
+  await t.rejects(second.claims.claim('u'), /INCR failed/)
+  t.notOk(second.delivery.watching('u'), 'the watch is released when the generation fails')
+  second.claims.apply('u', { type: 'claim', generation: 5 })
+  t.notOk(second.claims.superseded('u', 1), 'and the user is no longer tracked')
 })
 
 t.test('claims seen before our own generation arrives supersede it', async (t) => {
-  const claims = new UserClaims(new MemoryBus(), registry, 2)
+  const { claims } = claimsWith({ maxPerUser: 2 })
   const { generation } = await claims.claim('u')
-  claims.onRemoteClaim('u', generation + 1)
+  claims.apply('u', { type: 'claim', generation: generation + 1 })
   t.notOk(claims.superseded('u', generation), 'two sessions allowed: still within the newest two')
-  claims.onRemoteClaim('u', generation + 2)
-  claims.onRemoteClaim('u', generation)
+  claims.apply('u', { type: 'claim', generation: generation + 2 })
+  claims.apply('u', { type: 'claim', generation })
   t.ok(claims.superseded('u', generation), 'an older claim does not lower the newest')
   claims.release('u')
   claims.release('never-claimed')
@@ -39,22 +48,31 @@ t.test('claims seen before our own generation arrives supersede it', async (t) =
 
 t.test('a logout seen while a connection completes is remembered until the claim is released', async (t) => {
   const closed: Array<[string, number]> = []
-  const registry = { applyClaim: () => {}, applyLogout: (userId: string, before: number) => { closed.push([userId, before]) } } as unknown as SessionRegistry
-  const bus = new MemoryBus()
-  const claims = new UserClaims(bus, registry, 1)
-  claims.onLogout('stranger', 100)
+  const { claims, revocations } = claimsWith({ registry: { applyLogout: (userId: string, before: number) => { closed.push([userId, before]) } } })
+  claims.apply('stranger', { type: 'logout', before: 100 })
   t.notOk(claims.loggedOutSince('stranger', 50), 'a user not claimed here is not remembered')
   t.same(closed, [['stranger', 100]], 'but its open sessions are closed')
 
-  await bus.revoke('u', 90, 60)
+  await revocations.revoke('u', 90, 60)
   const claim = await claims.claim('u')
   t.equal(claim.revokedBefore, 90, 'the claim reads the revocation after subscribing')
   t.notOk(claims.loggedOutSince('u', 50), 'nothing seen since the claim yet')
-  claims.onLogout('u', 100)
-  claims.onLogout('u', 95)
+  await claims.logout('u', 100)
+  claims.apply('u', { type: 'logout', before: 95 })
   t.ok(claims.loggedOutSince('u', 100), 'a token issued in the logout second is revoked')
   t.ok(claims.loggedOutSince('u', null), 'a token without iat is revoked')
   t.notOk(claims.loggedOutSince('u', 101), 'an older logout seen later does not lower it; a newer token is not revoked')
   claims.release('u')
   t.notOk(claims.loggedOutSince('u', 1), 'forgotten with the last claim')
+})
+
+t.test('generations are forgotten with the last claim of a user (memory store)', async (t) => {
+  const { claims } = claimsWith({ maxPerUser: 2 })
+  t.equal((await claims.claim('u')).generation, 1)
+  t.equal((await claims.claim('u')).generation, 2)
+  claims.release('u')
+  t.equal((await claims.claim('u')).generation, 3, 'one claim still held: the count goes on')
+  claims.release('u')
+  claims.release('u')
+  t.equal((await claims.claim('u')).generation, 1, 'none held: started again')
 })

@@ -1,0 +1,162 @@
+import type { Redis } from 'ioredis'
+import type { Log } from '../lib/log.js'
+import type { Broker, BrokerHandlers } from './broker.js'
+import type { RedisConnections } from './redis-connections.js'
+
+/** Channels per SUBSCRIBE command. */
+const SUBSCRIBE_BATCH = 1000
+
+export interface RedisBrokerOptions {
+  connections: RedisConnections
+  /** Fixed-length id of this instance; messages it published are skipped. */
+  instanceId: string
+  /** Prefix of every channel, e.g. `gw:`: a topic `t` is channel `<prefix>t`. */
+  prefix: string
+  log: Log
+}
+
+/**
+ * The broker over Redis pub/sub: publishes on the command connection,
+ * subscribes on the subscriber connection.
+ *
+ * Channel layout, chosen to work unchanged on Redis Cluster with sharded
+ * pub/sub (SPUBLISH/SSUBSCRIBE hash the channel like a key):
+ * - `<prefix>all`: broadcasts; every instance subscribes.
+ * - `<prefix>user:{<userId>}`: one user's events; only instances holding a
+ *   session of that user subscribe, so a per-user alert wakes only them.
+ *
+ * A message is `<instanceId><payload>`; an instance skips its own (it
+ * already applied them locally). Payloads travel as bytes, never parsed.
+ */
+export class RedisBroker implements Broker {
+  readonly #command: Redis
+  readonly #subscriber: Redis
+  readonly #origin: Buffer
+  readonly #prefix: string
+  readonly #log: Log
+  /** Every subscribed topic, restored after each reconnect. */
+  readonly #topics = new Set<string>()
+  /** Channels to subscribe at the next flush; #pendingFlush settles with it. */
+  readonly #pendingChannels = new Set<string>()
+  #pendingFlush: Promise<void> | null = null
+  #handlers: BrokerHandlers = { onMessage: () => {} }
+  #connected = false
+  /** The subscriber is ready and every channel is subscribed again. */
+  #subscribed = false
+  #closing = false
+
+  constructor (opts: RedisBrokerOptions) {
+    this.#command = opts.connections.command
+    this.#subscriber = opts.connections.subscriber
+    this.#origin = Buffer.from(opts.instanceId, 'latin1')
+    this.#prefix = opts.prefix
+    this.#log = opts.log
+    for (const client of [this.#command, this.#subscriber]) {
+      // Without an 'error' listener ioredis errors would crash the process.
+      client.on('error', (err) => this.#log.debug({ err: err.message }, 'redis connection error'))
+      client.on('close', () => {
+        if (client === this.#subscriber) this.#subscribed = false
+        this.#updateConnected()
+      })
+    }
+    this.#command.on('ready', () => this.#updateConnected())
+    this.#subscriber.on('ready', () => { this.#resubscribe() })
+    this.#subscriber.on('messageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel, message))
+  }
+
+  get connected (): boolean {
+    return this.#connected
+  }
+
+  setHandlers (handlers: BrokerHandlers): void {
+    this.#handlers = handlers
+  }
+
+  #updateConnected (): void {
+    const now = this.#command.status === 'ready' && this.#subscribed
+    if (now === this.#connected) return
+    this.#connected = now
+    if (!this.#closing) this.#log[now ? 'info' : 'warn']('redis bus %s', now ? 'connected' : 'disconnected')
+    this.#handlers.onConnectedChange?.(now)
+  }
+
+  /** After every (re)connect: every subscribed topic. */
+  async #resubscribe (): Promise<void> {
+    const channels = [...this.#topics].map((topic) => this.#prefix + topic)
+    try {
+      await this.#subscribeAll(channels)
+    /* c8 ignore start -- the connection dropping again mid-resubscription is a race no test can order */
+    } catch (err) {
+      // The next 'ready' retries.
+      this.#log.debug({ err }, 'resubscribe interrupted')
+      return
+    }
+    /* c8 ignore stop */
+    this.#subscribed = this.#subscriber.status === 'ready'
+    this.#updateConnected()
+  }
+
+  async #subscribeAll (channels: string[]): Promise<void> {
+    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
+      await this.#subscriber.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH))
+    }
+  }
+
+  /**
+   * Subscribes at the end of this turn of the event loop, together with every
+   * topic asked for in the same turn: a connect storm sends one SUBSCRIBE per
+   * turn instead of one per handshake.
+   */
+  subscribe (topic: string): Promise<void> {
+    this.#topics.add(topic)
+    this.#pendingChannels.add(this.#prefix + topic)
+    this.#pendingFlush ??= new Promise((resolve) => setImmediate(resolve)).then(() => {
+      const channels = [...this.#pendingChannels]
+      this.#pendingChannels.clear()
+      this.#pendingFlush = null
+      return this.#subscribeAll(channels)
+    })
+    return this.#pendingFlush
+  }
+
+  unsubscribe (topic: string): void {
+    if (!this.#topics.delete(topic)) return
+    const channel = this.#prefix + topic
+    // Not sent yet: drop it from the batch. Otherwise unsubscribe now, on the
+    // connection that carried the SUBSCRIBE, so the two stay in order. If
+    // Redis is down the subscription is gone anyway and not restored.
+    if (!this.#pendingChannels.delete(channel)) this.#subscriber.unsubscribe(channel).catch(() => {})
+  }
+
+  #onMessage (channel: Buffer, message: Buffer): void {
+    const originLength = this.#origin.length
+    if (message.length <= originLength || this.#origin.equals(message.subarray(0, originLength))) return
+    try {
+      this.#handlers.onMessage(channel.toString().slice(this.#prefix.length), message.subarray(originLength))
+    } catch (err) {
+      // An exception here would escape through ioredis's emit and crash.
+      this.#log.error({ err }, 'bus message handler failed')
+    }
+  }
+
+  async publish (topic: string, payload: Buffer): Promise<void> {
+    const message = Buffer.allocUnsafe(this.#origin.length + payload.length)
+    this.#origin.copy(message, 0)
+    payload.copy(message, this.#origin.length)
+    await this.#command.publish(this.#prefix + topic, message)
+  }
+
+  /** Readiness probe: a round trip on the command connection. */
+  async ping (): Promise<boolean> {
+    if (!this.#connected) return false
+    // A hung Redis times out (commandTimeout) here: not ready either.
+    return await this.#command.ping().catch((err: Error) => err.message) === 'PONG'
+  }
+
+  async close (): Promise<void> {
+    this.#closing = true
+    await Promise.allSettled([this.#subscriber.quit(), this.#command.quit()])
+    this.#subscriber.disconnect()
+    this.#command.disconnect()
+  }
+}

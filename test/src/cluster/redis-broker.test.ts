@@ -1,0 +1,159 @@
+import t from 'tap'
+import { Redis } from 'ioredis'
+import pino from 'pino'
+import { Writable } from 'node:stream'
+import { RedisClaimStore } from '../../../src/cluster/claim-store.js'
+import { RedisBroker } from '../../../src/cluster/redis-broker.js'
+import { createRedisConnections } from '../../../src/cluster/redis-connections.js'
+import { RedisRevocationStore } from '../../../src/cluster/revocation-store.js'
+import { RedisServer } from '../../helpers/redis-server.js'
+
+type T = Parameters<typeof RedisServer.start>[0]
+
+async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+interface Started {
+  broker: RedisBroker
+  command: Redis
+}
+
+function broker (t: T, url: string, id: string, lines: string[] = []): Started {
+  const log = pino({ level: 'debug' }, new Writable({ write (c, _e, cb) { lines.push(c.toString()); cb() } }))
+  const connections = createRedisConnections(url, 500)
+  const created = new RedisBroker({ connections, instanceId: id.padEnd(16, '0'), prefix: 'b:', log })
+  for (const client of [connections.command, connections.subscriber]) client.connect().catch(() => {})
+  t.teardown(() => created.close())
+  return { broker: created, command: connections.command }
+}
+
+/** Subscribes `b` to `all` (as Delivery does) and waits until it is connected. */
+async function connected (started: Started): Promise<void> {
+  await started.broker.subscribe('all').catch(() => {})
+  await until('connected', () => started.broker.connected)
+}
+
+t.test('messages between two brokers', async (t) => {
+  const redis = await RedisServer.start(t)
+  const errors: string[] = []
+  const a = broker(t, redis.url, 'a', errors)
+  const b = broker(t, redis.url, 'b')
+  const seen: Array<[string, string]> = []
+  b.broker.setHandlers({ onMessage: (topic, message) => { seen.push([topic, message.toString()]) } })
+  a.broker.setHandlers({ onMessage: () => { throw new Error('handler bug') } })
+  await Promise.all([connected(a), connected(b)])
+
+  await a.broker.subscribe('user:{u1}')
+  await b.broker.subscribe('user:{u1}')
+  await b.broker.subscribe('user:{u1}')
+  b.broker.unsubscribe('user:{nobody}')
+  await a.broker.publish('user:{u1}', Buffer.from('L42'))
+  await a.broker.publish('user:{u1}', Buffer.from('C7'))
+  await until('two messages', () => seen.length === 2)
+  t.same(seen, [['user:{u1}', 'L42'], ['user:{u1}', 'C7']], 'in order, with their topic, never back to the publisher')
+
+  await b.broker.publish('all', Buffer.from('{}'))
+  await until('the handler error is logged', () => errors.some((l) => l.includes('bus message handler failed')))
+  t.pass('a throwing handler is logged, not fatal')
+
+  b.broker.unsubscribe('user:{u1}')
+  await b.broker.publish('all', Buffer.from('{}')) // an ordering barrier on b's connections
+  await a.broker.publish('user:{u1}', Buffer.from('C8'))
+  await a.broker.publish('all', Buffer.from('x'))
+  await until('the broadcast after it', () => seen.length === 3)
+  t.same(seen[2], ['all', 'x'], 'after the unsubscribe nothing arrives for the user')
+
+  // A broker nobody gave handlers to ignores what it receives.
+  const bare = broker(t, redis.url, 'd')
+  await connected(bare)
+  await bare.broker.subscribe('user:{u4}')
+  await a.broker.publish('all', Buffer.from('{}'))
+  await a.broker.publish('user:{u4}', Buffer.from('A{}'))
+  await bare.command.ping()
+  t.pass('no handlers, no crash')
+})
+
+t.test('claim and revocation stores on Redis', async (t) => {
+  const redis = await RedisServer.start(t)
+  const a = broker(t, redis.url, 'a')
+  const b = broker(t, redis.url, 'b')
+  await Promise.all([connected(a), connected(b)])
+  const claimsA = new RedisClaimStore(a.command, 'b:')
+  const claimsB = new RedisClaimStore(b.command, 'b:')
+  t.equal(await claimsA.nextGeneration('u2'), 1)
+  t.equal(await claimsB.nextGeneration('u2'), 2, 'generations are cluster-wide')
+  claimsA.forget('u2')
+  t.equal(await claimsA.nextGeneration('u2'), 3, 'Redis keeps them past a forget (they expire)')
+  await new RedisRevocationStore(a.command, 'b:').revoke('u2', 100, 60)
+  const revocationsB = new RedisRevocationStore(b.command, 'b:')
+  t.equal(await revocationsB.revokedBefore('u2'), 100)
+  t.equal(await revocationsB.revokedBefore('u3'), null)
+})
+
+t.test('user subscriptions asked for in one turn share one SUBSCRIBE', async (t) => {
+  const redis = await RedisServer.start(t)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.quit())
+  const started = broker(t, redis.url, 'b')
+  const b = started.broker
+  await connected(started)
+  const subscribeCalls = async (): Promise<number> => {
+    const match = /cmdstat_subscribe:calls=(\d+)/.exec(await admin.info('commandstats'))
+    return match === null ? 0 : Number(match[1])
+  }
+  const subscribers = async (userId: string): Promise<number> =>
+    Number((await admin.pubsub('NUMSUB', `b:user:{${userId}}`) as unknown[])[1])
+
+  const before = await subscribeCalls()
+  const users = Array.from({ length: 1500 }, (_, i) => `many-${i}`)
+  await Promise.all(users.map((userId) => b.subscribe(`user:{${userId}}`)))
+  t.equal(await subscribeCalls() - before, 2, '1,500 channels in two commands of at most 1,000')
+  t.equal(await subscribers('many-0'), 1)
+  t.equal(await subscribers('many-1499'), 1)
+
+  // Watched and unwatched before the batch went out: never subscribed.
+  const gone = b.subscribe('user:{gone}')
+  b.unsubscribe('user:{gone}')
+  // Subscribed, unsubscribed and subscribed again in one turn: subscribed once.
+  const again = b.subscribe('user:{again}')
+  b.unsubscribe('user:{again}')
+  const againTwice = b.subscribe('user:{again}')
+  await Promise.all([gone, again, againTwice])
+  t.equal(await subscribers('gone'), 0, 'a channel unwatched before the flush is not subscribed')
+  t.equal(await subscribers('again'), 1, 'watched again in the same turn: subscribed')
+
+  // After the flush, unwatch unsubscribes at once.
+  b.unsubscribe('user:{again}')
+  await until('unsubscribed', async () => await subscribers('again') === 0)
+  t.pass('unwatched after the flush: unsubscribed')
+})
+
+t.test('while Redis is down or hung', async (t) => {
+  const redis = await RedisServer.start(t)
+  const started = broker(t, redis.url, 'c')
+  const a = started.broker
+  await connected(started)
+  t.equal(await a.ping(), true)
+
+  // A hung server: the ping times out, so /ready reports it.
+  const other = new Redis(redis.url)
+  t.teardown(() => other.disconnect())
+  await other.call('CLIENT', 'PAUSE', '1500', 'ALL')
+  t.equal(await a.ping(), false, 'a hung Redis is not ready')
+  await until('awake', async () => await a.ping())
+
+  await redis.stop()
+  await until('disconnected', () => !a.connected)
+  t.equal(await a.ping(), false)
+  await t.rejects(a.subscribe('user:{u}'), 'no subscription without Redis')
+  await t.rejects(new RedisClaimStore(started.command, 'b:').nextGeneration('u'))
+  await redis.start()
+  await until('reconnected', () => a.connected)
+  await a.subscribe('user:{u}')
+  t.pass('a later subscribe goes through')
+})
