@@ -93,10 +93,11 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
     // Runs after authentication: the key is the verified user id.
     keyGenerator: (request) => `ws:${request.user.sub}`
   })
+  // The default key: the client address, IPv6 by its /64, an IPv4-mapped
+  // address as its IPv4 address (as addressKey does for the slots).
   const restLimit = fastify.rateLimit({
     max: limits.restRateLimitPerMinute,
-    timeWindow: 60_000,
-    keyGenerator: (request) => `rest:${addressKey(request.ip)}`
+    timeWindow: 60_000
   })
 
   const publishLimit = fastify.rateLimit({
