@@ -30,7 +30,6 @@ export interface GatewayConfig {
   jwt: JwtConfig
   revocationTtlSec: number
   redisUrl?: string
-  singleInstance: boolean
   allowedOrigins: Set<string> | null
   tls?: { certFile: string, keyFile: string }
   trustProxy: boolean | number | string[]
@@ -300,7 +299,6 @@ export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.
     jwt,
     revocationTtlSec: env.REVOCATION_TTL_SECONDS,
     redisUrl: env.REDIS_URL,
-    singleInstance: env.SINGLE_INSTANCE,
     allowedOrigins: parseOrigins(env.ALLOWED_ORIGINS),
     tls: env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE !== undefined
       ? { certFile: env.TLS_CERT_FILE, keyFile: env.TLS_KEY_FILE }

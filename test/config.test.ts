@@ -62,7 +62,6 @@ function assertContractDefaults (t: Test, config: GatewayConfig): void {
   t.equal(config.jwt.audience, undefined, 'JWT_AUDIENCE')
   t.equal(config.jwt.jwksUrl, undefined, 'JWT_JWKS_URL')
   t.equal(config.redisUrl, undefined, 'REDIS_URL')
-  t.equal(config.singleInstance, false, 'SINGLE_INSTANCE')
   t.equal(config.allowedOrigins, null, 'ALLOWED_ORIGINS')
   t.equal(config.tls, undefined, 'TLS_CERT_FILE / TLS_KEY_FILE')
   t.equal(config.trustProxy, false, 'TRUST_PROXY')
@@ -167,7 +166,6 @@ t.test('every setting is carried into the configuration', async (t) => {
   })
   t.equal(config.revocationTtlSec, 3600)
   t.equal(config.redisUrl, 'rediss://redis.example:6380')
-  t.equal(config.singleInstance, true)
   t.same([...config.allowedOrigins ?? []], ['https://app.example.com', 'http://localhost:3000'])
   t.same(config.tls, { certFile: READABLE_CERT, keyFile: READABLE_KEY })
   t.equal(config.trustProxy, 2)
@@ -359,7 +357,6 @@ t.test('production rules', async (t) => {
     }), t.testdir())
     t.equal(config.env, 'production')
     t.same(config.tls, { certFile: READABLE_CERT, keyFile: READABLE_KEY })
-    t.equal(config.singleInstance, true)
   })
   t.test('accepted: a TLS-terminating proxy and Redis', async (t) => {
     const config = loadConfig(prod({ JWT_SECRET: TEST_SECRET, TRUST_PROXY: '10.0.0.0/8', REDIS_URL: 'redis://redis:6379' }), t.testdir())

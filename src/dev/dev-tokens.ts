@@ -21,10 +21,9 @@ export function mintToken (jwt: JwtConfig, sub: string, options: MintOptions = {
   const sign = createSigner({
     key: jwt.key,
     algorithm: algorithm as 'HS256',
-    expiresIn: typeof ttl === 'number' ? ttl : ttl,
+    expiresIn: ttl,
     iss: jwt.issuer,
-    aud: jwt.audience,
-    jti: undefined
+    aud: jwt.audience
   })
   const payload: Record<string, unknown> = { sub }
   if (options.scope !== undefined) payload.scope = options.scope

@@ -60,10 +60,6 @@ export class SessionRegistry {
     return this.#byUser.get(userId) ?? []
   }
 
-  all (): readonly Session[] {
-    return this.#list
-  }
-
   add (session: Session): void {
     this.#flush()
     session.index = this.#list.length
