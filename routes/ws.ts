@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
@@ -8,6 +9,7 @@ import { handleMessage, type MessageContext } from '../src/session/message-handl
 import type { Welcome } from '../protocol/frames.js'
 import type { ConnectionResult } from '../src/lib/metric-names.js'
 import { Session } from '../src/session/session.js'
+import { releaseUpgradeRequest } from '../src/session/upgrade-release.js'
 import { isRevoked } from '../src/lib/token-claims.js'
 
 /** What a request reserved before the upgrade; released if no session takes it. */
@@ -16,6 +18,17 @@ interface Reservation {
   generation: number
   taken: boolean
   releases: Array<() => void>
+}
+
+/** An upgrade's state between its hooks and the session (`request.upgrade`). */
+interface UpgradeState {
+  /** Counted in `lifecycle.pendingHandshakes` until settled. */
+  pending: boolean
+  /** 'close' listeners on the raw socket until the session takes over. */
+  listeners: Array<() => void>
+  reservation: Reservation | null
+  /** The ServerResponse @fastify/websocket assigned to the raw socket. */
+  response: ServerResponse | null
 }
 
 const RESULT_BY_CODE: Record<string, ConnectionResult> = {
@@ -40,6 +53,7 @@ function release (reservation: Reservation): void {
 
 /** GET /ws: the authenticated WebSocket endpoint. */
 export default async function wsRoutes (fastify: FastifyInstance) {
+  fastify.decorateRequest('upgrade', null)
   const { gatewayConfig: config, sessions: registry, claims, lifecycle, metrics, limits, spike } = fastify
   const ctx: MessageContext = {
     ws: config.ws,
@@ -50,9 +64,9 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     checkRevoked: fastify.checkRevoked
   }
 
-  function settle (request: FastifyRequest): void {
-    if (request.wsPending) {
-      request.wsPending = false
+  function settle (state: UpgradeState | null): void {
+    if (state?.pending === true) {
+      state.pending = false
       lifecycle.pendingHandshakes--
     }
   }
@@ -63,10 +77,11 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     if (!lifecycle.accepting) throw new ShuttingDownError()
     if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
     lifecycle.pendingHandshakes++
-    request.wsPending = true
+    const state: UpgradeState = { pending: true, listeners: [], reservation: null, response: null }
+    request.upgrade = state
     // onRequest runs in the same tick as the upgrade event: the socket is live.
-    const onClose = (): void => settle(request)
-    request.wsListeners = [onClose]
+    const onClose = (): void => settle(state)
+    state.listeners.push(onClose)
     request.raw.socket?.once('close', onClose)
   }
 
@@ -93,12 +108,15 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     if (gone()) throw new ClientGoneError()
     const userId = request.user.sub
     const reservation: Reservation = { userId, generation: 0, taken: false, releases: [] }
-    request.wsReservation = reservation
+    // Set by admit(), which runs first on every upgrade.
+    const state = request.upgrade as UpgradeState
+    state.reservation = reservation
+    state.response = reply.raw
     // The client may vanish before the upgrade completes: free what it held.
     const onClose = (): void => {
       if (!reservation.taken) release(reservation)
     }
-    request.wsListeners?.push(onClose)
+    state.listeners.push(onClose)
     socket?.once('close', onClose)
     // Independent (another key, another connection): taken concurrently.
     const [slot, claim] = await Promise.allSettled([limits.acquireConnection(request, reply), claims.claim(userId)])
@@ -140,28 +158,13 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     fastify.log.debug({ err: error.message }, 'websocket error')
   }
 
-  /**
-   * Lets the upgrade request be collected once the session holds what it
-   * needs: an idle socket would otherwise keep the Request, Reply,
-   * IncomingMessage (URL with the token), ServerResponse and request logger
-   * alive for its whole life. Retainers: the pending-handshake listeners
-   * above, the ServerResponse @fastify/websocket assigned to the raw socket,
-   * and the plugin's error listener.
-   */
-  function forgetRequest (socket: WebSocket, request: FastifyRequest): void {
-    // Absent on requests injected with injectWS. wsListeners: set by admit().
-    const raw = request.raw.socket as (Socket & { _httpMessage?: { detachSocket: (s: Socket) => void } | null }) | undefined
-    for (const listener of request.wsListeners as Array<() => void>) raw?.removeListener('close', listener)
-    raw?._httpMessage?.detachSocket(raw)
-    request.wsListeners = undefined
-    socket.removeAllListeners('error')
-    socket.on('error', onSocketError)
-  }
-
   function onConnection (socket: WebSocket, request: FastifyRequest): void {
-    settle(request)
-    forgetRequest(socket, request)
-    const reservation = request.wsReservation as Reservation
+    const state = request.upgrade as UpgradeState
+    settle(state)
+    for (const listener of state.listeners) request.raw.socket?.removeListener('close', listener)
+    releaseUpgradeRequest(socket, state.response as ServerResponse, onSocketError)
+    const reservation = state.reservation as Reservation
+    request.upgrade = null
     const claimsOfToken = request.user
     const now = Date.now()
     const session = new Session({
@@ -225,7 +228,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       }
       done()
     },
-    onSend: async (request: FastifyRequest) => { settle(request) },
+    onSend: async (request: FastifyRequest) => { settle(request.upgrade) },
     handler: async () => { throw new NotWebSocketError() },
     wsHandler: onConnection,
     // Page headers (CSP, HSTS...) mean nothing on a 101, and building them
@@ -236,9 +239,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
 
 declare module 'fastify' {
   interface FastifyRequest {
-    wsPending?: boolean
-    wsReservation?: unknown
-    /** 'close' listeners on the raw socket until the session takes over. */
-    wsListeners?: Array<() => void>
+    /** Set on upgrades by the /ws route's first hook; null once the session took over. */
+    upgrade: UpgradeState | null
   }
 }

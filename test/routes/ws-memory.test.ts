@@ -1,7 +1,11 @@
 import { randomUUID } from 'node:crypto'
+import { ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
+import Fastify from 'fastify'
+import websocket from '@fastify/websocket'
 import { build } from '../helpers/build.js'
 import { userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
@@ -37,4 +41,23 @@ t.test('an open session does not keep its upgrade request alive', async (t) => {
     t.same(await client.next('pong'), { type: 'pong', id: 1 })
     await client.close()
   }
+})
+
+// Pins what @fastify/websocket retains (src/session/upgrade-release.ts):
+// when this fails, the plugin changed and the workaround should go.
+t.test('@fastify/websocket still retains the upgrade request in the two places the workaround undoes', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(websocket)
+  const seen: Array<{ response: boolean, errorListeners: number }> = []
+  app.get('/pin', { websocket: true }, (socket, request) => {
+    const raw = request.raw.socket as unknown as { _httpMessage: unknown }
+    seen.push({ response: raw._httpMessage instanceof ServerResponse, errorListeners: socket.listenerCount('error') })
+    socket.close()
+  })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as AddressInfo
+  const client = await TestClient.open(`ws://127.0.0.1:${port}/pin`)
+  await client.waitClosed()
+  t.same(seen, [{ response: true, errorListeners: 1 }], 'a ServerResponse assigned to the raw socket, and one error listener (over request and reply)')
 })
