@@ -1,7 +1,6 @@
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
-import type { Redis } from 'ioredis'
 import type { GatewayConfig } from '../config/index.js'
 import { addressKey } from '../src/lib/client-address.js'
 import { BusUnavailableError, IpLimitError } from '../src/lib/errors.js'
@@ -12,11 +11,6 @@ const IP_RETRY_AFTER_SEC = 5
 
 export interface LimitsOptions {
   limits: GatewayConfig['limits']
-  /** Command connection for cluster-wide limits; null on a single instance. */
-  redis: Redis | null
-  /** Unique id of this instance, part of every slot member. */
-  instanceId: string
-  keyPrefix: string
 }
 
 /** A check that needs nothing but the request (authentication). */
@@ -52,8 +46,11 @@ export interface Limits {
  * client address, publish limits per publishing service.
  */
 async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
-  const { limits, redis, instanceId, keyPrefix } = opts
+  const { limits } = opts
   if (limits === undefined) throw new Error('limits: option limits is required')
+  // Cluster-wide on Redis (the command connection); in process on one instance.
+  const { redis, prefix: keyPrefix } = fastify.cluster
+  const { instanceId } = fastify
 
   await fastify.register(rateLimit, {
     global: false,
@@ -129,7 +126,7 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
   fastify.decorate('limits', decorated)
 }
 
-export default fp(limitsPlugin, { name: 'limits', fastify: '5.x' })
+export default fp(limitsPlugin, { name: 'limits', fastify: '5.x', dependencies: ['cluster'] })
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -53,4 +53,5 @@ async function securityPlugin (fastify: FastifyInstance, opts: SecurityOptions) 
   }
 }
 
-export default fp(securityPlugin, { name: 'security', fastify: '5.x' })
+// After @fastify/websocket: its refusals of upgrades are known as upgrades.
+export default fp(securityPlugin, { name: 'security', fastify: '5.x', dependencies: ['@fastify/websocket'] })

@@ -58,7 +58,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
     warnOpenOrigins: config.env === 'production',
     revokedBefore: (userId: string) => app.cluster.revocations.revokedBefore(userId)
   })
-  await app.register(limitsPlugin, { limits: config.limits, redis: app.cluster.redis, instanceId: app.instanceId, keyPrefix: prefix })
+  await app.register(limitsPlugin, { limits: config.limits })
   // Before @fastify/websocket: its drain (preClose) runs while upgrades still get 503.
   await app.register(gatewayPlugin, { config })
 

@@ -14,6 +14,8 @@ export interface Cluster {
   revocations: RevocationStore
   /** The Redis command connection (cluster-wide limits), or null on one instance. */
   redis: Redis | null
+  /** Prefix of every Redis key and channel. */
+  prefix: string
   close (): Promise<void>
 }
 
@@ -37,7 +39,7 @@ export interface ClusterOptions {
 export function createCluster (opts: ClusterOptions): Cluster {
   if (opts.redisUrl === undefined) {
     const broker = new MemoryBroker()
-    return { broker, claims: new MemoryClaimStore(), revocations: new MemoryRevocationStore(), redis: null, close: () => broker.close() }
+    return { broker, claims: new MemoryClaimStore(), revocations: new MemoryRevocationStore(), redis: null, prefix: opts.prefix, close: () => broker.close() }
   }
   const connections = createRedisConnections(opts.redisUrl, opts.commandTimeoutMs)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log })
@@ -49,6 +51,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
     claims: new RedisClaimStore(connections.command, opts.prefix),
     revocations: new RedisRevocationStore(connections.command, opts.prefix),
     redis: connections.command,
+    prefix: opts.prefix,
     close: () => broker.close()
   }
 }

@@ -12,6 +12,7 @@ t.test('plugins name the missing option', async (t) => {
   app.register(clusterPlugin, {} as never)
   await t.rejects(async () => app.ready(), /cluster: option prefix is required/)
   const other = Fastify()
+  other.register(clusterPlugin, { prefix: 'o:' })
   other.register(limitsPlugin, {} as never)
   await t.rejects(async () => other.ready(), /limits: option limits is required/)
 })
