@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import { UserKey } from './user-key.js'
 
 /** Generations outlive any session; refreshed at every claim. */
 const GENERATION_TTL_SEC = 30 * 24 * 3600
@@ -28,18 +29,17 @@ export class MemoryClaimStore implements ClaimStore {
 
 /** `<prefix>gen:{<userId>}`: INCR, expiring a month after the last claim. */
 export class RedisClaimStore implements ClaimStore {
-  readonly #redis: Redis
-  readonly #prefix: string
+  readonly #key: UserKey
 
   constructor (redis: Redis, prefix: string) {
-    this.#redis = redis
-    this.#prefix = prefix
+    this.#key = new UserKey(redis, prefix, 'gen')
   }
 
   async nextGeneration (userId: string): Promise<number> {
-    const key = `${this.#prefix}gen:{${userId}}`
+    const { redis } = this.#key
+    const key = this.#key.of(userId)
     // Both sent at once (one round trip); INCR is what must succeed.
-    const [generation] = await Promise.all([this.#redis.incr(key), this.#redis.expire(key, GENERATION_TTL_SEC)])
+    const [generation] = await Promise.all([redis.incr(key), redis.expire(key, GENERATION_TTL_SEC)])
     return generation
   }
 

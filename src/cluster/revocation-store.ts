@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import { UserKey } from './user-key.js'
 
 /** Logouts: a user's tokens issued at or before a second are revoked. */
 export interface RevocationStore {
@@ -35,20 +36,18 @@ export class MemoryRevocationStore implements RevocationStore {
 
 /** `<prefix>revoked:{<userId>}`, expiring with the revocation. */
 export class RedisRevocationStore implements RevocationStore {
-  readonly #redis: Redis
-  readonly #prefix: string
+  readonly #key: UserKey
 
   constructor (redis: Redis, prefix: string) {
-    this.#redis = redis
-    this.#prefix = prefix
+    this.#key = new UserKey(redis, prefix, 'revoked')
   }
 
   async revoke (userId: string, before: number, ttlSec: number): Promise<void> {
-    await this.#redis.set(`${this.#prefix}revoked:{${userId}}`, String(before), 'EX', ttlSec)
+    await this.#key.redis.set(this.#key.of(userId), String(before), 'EX', ttlSec)
   }
 
   async revokedBefore (userId: string): Promise<number | null> {
-    const value = await this.#redis.get(`${this.#prefix}revoked:{${userId}}`)
+    const value = await this.#key.redis.get(this.#key.of(userId))
     return value === null ? null : Number(value)
   }
 }
