@@ -5,7 +5,7 @@ import { startGateway, type GatewayProcess } from '../helpers/gateway-process.js
 import { publish } from '../helpers/http.js'
 import { withTimeout } from '../helpers/timeout.js'
 import { nowSec, serviceToken, userToken } from '../helpers/tokens.js'
-import { TestClient } from '../helpers/ws-client.js'
+import { TestClient, type OpenOptions } from '../helpers/ws-client.js'
 
 // The gateway runs as a TypeScript child process: start-up takes seconds.
 t.setTimeout(300_000)
@@ -109,6 +109,20 @@ function raw (name: string, token: string, request: (token: string) => string, s
   }
 }
 
+/** An accepted /ws upgrade of `user`, its token sent as `how` says. */
+function upgrade (name: string, user: string, how: (token: string) => OpenOptions): Case {
+  return {
+    name,
+    token: userToken(user),
+    async run (t, gw, token) {
+      const { client, welcome } = await TestClient.connect(gw.wsUrl, how(token))
+      t.equal(welcome.userId, user)
+      await client.close()
+      return ''
+    }
+  }
+}
+
 const cases: Case[] = [
   notFound('GET /ws/ (trailing slash) with ?token=', 'GET', '/ws/', userToken('leak-ws-slash')),
   notFound('POST /ws with ?token=', 'POST', '/ws', userToken('leak-post-ws')),
@@ -148,26 +162,8 @@ const cases: Case[] = [
       return answer
     }
   },
-  {
-    name: '/ws upgrade with ?token=',
-    token: userToken('leak-ws-query'),
-    async run (t, gw, token) {
-      const { client, welcome } = await TestClient.connect(gw.wsUrl, { token })
-      t.equal(welcome.userId, 'leak-ws-query')
-      await client.close()
-      return ''
-    }
-  },
-  {
-    name: '/ws upgrade with the access_token cookie',
-    token: userToken('leak-ws-cookie'),
-    async run (t, gw, token) {
-      const { client, welcome } = await TestClient.connect(gw.wsUrl, { headers: { cookie: `access_token=${token}` } })
-      t.equal(welcome.userId, 'leak-ws-cookie')
-      await client.close()
-      return ''
-    }
-  },
+  upgrade('/ws upgrade with ?token=', 'leak-ws-query', (token) => ({ token })),
+  upgrade('/ws upgrade with the access_token cookie', 'leak-ws-cookie', (token) => ({ headers: { cookie: `access_token=${token}` } })),
   {
     name: '/ws upgrade with an expired token in ?token=',
     token: expired('leak-ws-expired'),
