@@ -12,6 +12,7 @@ COPY plugins ./plugins
 COPY routes ./routes
 COPY scripts ./scripts
 COPY client ./client
+COPY protocol ./protocol
 RUN npm run build
 
 # Runtime stage: production dependencies and the compiled code only.

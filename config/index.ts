@@ -143,9 +143,13 @@ const EC_CURVES: Record<string, string[]> = {
   secp521r1: ['ES512']
 }
 
+/** Every JWS algorithm a key can verify (`none` is not one). */
+const ALGORITHMS = new Set([...HS, ...Object.values(KEY_FAMILIES).flat(), ...Object.values(EC_CURVES).flat()])
+
 function checkAlgorithms (algorithms: string[], symmetric: boolean): void {
   for (const alg of algorithms) {
     if (alg.toLowerCase() === 'none') throw new ConfigError('JWT_ALGORITHMS', '"none" is never accepted')
+    if (!ALGORITHMS.has(alg)) throw new ConfigError('JWT_ALGORITHMS', `has an invalid value: ${alg} is not one of ${[...ALGORITHMS].join(', ')}`)
     const isHs = HS.includes(alg)
     if (symmetric !== isHs) {
       throw new ConfigError('JWT_ALGORITHMS', `${alg} does not match the configured key (${symmetric ? 'JWT_SECRET is an HMAC secret' : 'an asymmetric key is configured'})`)

@@ -24,7 +24,7 @@ export const EnvSchema = Type.Object({
   JWT_SECRET: Type.Optional(Type.String({ minLength: 1 })),
   JWT_PUBLIC_KEY_FILE: Type.Optional(Type.String({ minLength: 1 })),
   JWT_JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
-  JWT_ALGORITHMS: Type.Optional(Type.String({ pattern: '^[A-Z0-9]+(,[A-Z0-9]+)*$' })),
+  JWT_ALGORITHMS: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9]+(,[A-Za-z0-9]+)*$' })),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
   JWT_CLOCK_TOLERANCE_SECONDS: Type.Integer({ default: 1, minimum: 0, maximum: 300 }),

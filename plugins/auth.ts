@@ -1,5 +1,4 @@
 import fp from 'fastify-plugin'
-import { createVerifier } from 'fast-jwt'
 import fastifyCookie from '@fastify/cookie'
 import fastifyJwt from '@fastify/jwt'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
@@ -9,9 +8,11 @@ import {
   BusUnavailableError, OriginRefusedError, ScopeMissingError,
   TokenInvalidError, TokenMissingError, TokenRevokedError
 } from '../src/lib/errors.js'
+import { hasScope, isRevoked, PUBLISH_SCOPE, type TokenClaims } from '../src/lib/token-claims.js'
+
+export type { TokenClaims } from '../src/lib/token-claims.js'
 
 export const ACCESS_TOKEN_COOKIE = 'access_token'
-export const PUBLISH_SCOPE = 'alerts:publish'
 const MAX_SUB_LENGTH = 256
 /**
  * Largest accepted lead of `iat` over this clock. Logout revokes tokens
@@ -20,26 +21,12 @@ const MAX_SUB_LENGTH = 256
  */
 export const MAX_IAT_SKEW_SEC = 30
 
-/** Claims the gateway relies on; `sub` and `exp` are required. */
-export interface TokenClaims {
-  sub: string
-  exp: number
-  iat?: number
-  nbf?: number
-  jti?: string
-  iss?: string
-  aud?: string | string[]
-  scope?: string | string[]
-}
-
 export interface AuthOptions {
   jwt: JwtConfig
   /** Normalised allowed origins; null allows any (including none). */
   allowedOrigins: Set<string> | null
   /** Warn at registration when no origin list guards the browser-style token sources (production). */
   warnOpenOrigins?: boolean
-  /** The user's revocation second (epoch s), or null; throws when unknown. */
-  revokedBefore: (userId: string) => Promise<number | null>
 }
 
 /** The token of an `Authorization: Bearer` header: the only source on REST routes. */
@@ -66,28 +53,18 @@ export function extractToken (request: FastifyRequest): string | undefined {
   return undefined
 }
 
-export function hasScope (claims: TokenClaims, scope: string): boolean {
-  const granted = claims.scope
-  if (Array.isArray(granted)) return granted.includes(scope)
-  return typeof granted === 'string' && granted.split(' ').includes(scope)
-}
-
-export function isRevoked (claims: TokenClaims, before: number | null): boolean {
-  if (before === null) return false
-  return typeof claims.iat !== 'number' || claims.iat <= before
-}
-
 /**
- * Decorates `fastify.verifyToken` (verifies a JWT string with the configured
- * key, PEM public key or JWKS endpoint: pinned algorithms,
+ * Decorates `fastify.verifyToken` (verifies a JWT string with @fastify/jwt
+ * against the configured secret, PEM public key or JWKS endpoint: pinned algorithms,
  * `sub` and `exp` required, `iss`/`aud` when configured),
  * `fastify.authenticateUser` and `fastify.authenticateService` (onRequest
  * hooks answering 401/403 before any upgrade) and `fastify.checkOrigin`.
  */
 async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
-  const { jwt, allowedOrigins, revokedBefore } = opts
+  const { jwt, allowedOrigins } = opts
+  // Revocations are shared by the instances (memory or Redis).
+  const { revocations } = fastify.cluster
   if (jwt.key === undefined && jwt.jwksUrl === undefined) throw new Error('auth: option jwt needs a key or a jwksUrl')
-  if (typeof revokedBefore !== 'function') throw new Error('auth: option revokedBefore must be a function')
 
   const verifyOptions = {
     algorithms: jwt.algorithms as never,
@@ -107,25 +84,28 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     fastify.log.warn('ALLOWED_ORIGINS is unset: any web page can open /ws with a token the browser holds (?token= or the access_token cookie); set it to your frontend origins')
   }
   await fastify.register(fastifyCookie)
-  let verify: (token: string) => TokenClaims | Promise<TokenClaims>
-  if (jwt.key !== undefined) {
-    const hmac = jwt.algorithms[0].startsWith('HS')
-    // A PEM public key verifies only: @fastify/jwt wants it as { public }.
-    await fastify.register(fastifyJwt, hmac
-      ? { secret: jwt.key, sign: { algorithm: jwt.algorithms[0] as never }, verify: verifyOptions }
-      : { secret: { public: jwt.key, private: undefined as never }, verify: verifyOptions })
-    verify = (token) => fastify.jwt.verify<TokenClaims>(token)
-  } else {
-    // @fastify/jwt wants a static key for verify(); with JWKS, fast-jwt (its
-    // engine) is used directly with an async key lookup by `kid`.
+  if (jwt.key === undefined) {
     const keys = new JwksKeys(jwt.jwksUrl as string, { log: fastify.log })
-    verify = createVerifier({ ...verifyOptions, key: async (decoded: { header: { kid?: unknown } }) => keys.get(decoded.header.kid) })
+    // The key published for the token's `kid`. fastify.jwt.verify passes a
+    // key function to fast-jwt unchanged: fast-jwt calls it with the decoded
+    // token and awaits it, so verify() returns a Promise. (Its callback form
+    // would hand that Promise over as the result, and request.jwtVerify would
+    // call the function with the request first: neither is used.)
+    const jwksKey = async ({ header }: { header: { kid?: unknown } }): Promise<string> => keys.get(header.kid)
+    await fastify.register(fastifyJwt, { secret: { public: jwksKey }, verify: verifyOptions })
+  } else if (jwt.algorithms[0].startsWith('HS')) {
+    await fastify.register(fastifyJwt, { secret: jwt.key, sign: { algorithm: jwt.algorithms[0] as never }, verify: verifyOptions })
+  } else {
+    // A PEM public key verifies only: @fastify/jwt wants it as { public }.
+    await fastify.register(fastifyJwt, { secret: { public: jwt.key }, verify: verifyOptions })
   }
 
   async function verifyToken (token: string): Promise<TokenClaims> {
     let claims: TokenClaims
     try {
-      claims = await verify(token)
+      // No per-call options: with them @fastify/jwt builds a new verifier,
+      // and so a new empty cache, for each call.
+      claims = await fastify.jwt.verify<TokenClaims>(token)
     } catch (err) {
       fastify.log.debug({ reason: (err as { code?: string }).code }, 'token refused')
       throw new TokenInvalidError()
@@ -143,7 +123,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   async function checkRevoked (claims: TokenClaims): Promise<void> {
     let before: number | null
     try {
-      before = await revokedBefore(claims.sub)
+      before = await revocations.revokedBefore(claims.sub)
     } catch (err) {
       // Fail closed: a token whose revocation cannot be read (Redis down or
       // stalled) is never accepted, whatever the later steps would do.
@@ -194,7 +174,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   })
 }
 
-export default fp(authPlugin, { name: 'auth', fastify: '5.x' })
+export default fp(authPlugin, { name: 'auth', fastify: '5.x', dependencies: ['cluster'] })
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -55,8 +55,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   await app.register(authPlugin, {
     jwt: config.jwt,
     allowedOrigins: config.allowedOrigins,
-    warnOpenOrigins: config.env === 'production',
-    revokedBefore: (userId: string) => app.cluster.revocations.revokedBefore(userId)
+    warnOpenOrigins: config.env === 'production'
   })
   await app.register(limitsPlugin, { limits: config.limits })
   // Before @fastify/websocket: its drain (preClose) runs while upgrades still get 503.

@@ -212,6 +212,8 @@ t.test('invalid values throw a one-line ConfigError naming the variable', async 
   refuses(t, { NODE_ENV: 'test', JWT_JWKS_URL: 'ftp://idp.example/jwks' }, 'JWT_JWKS_URL')
   const lower = refuses(t, withSecret({ JWT_ALGORITHMS: 'hs256' }), 'JWT_ALGORITHMS')
   t.match(lower.message, /invalid value/)
+  // Regression: the pattern refused EdDSA (lower-case d), so an Ed25519 JWKS could not be configured.
+  t.same(loadConfig({ NODE_ENV: 'test', JWT_JWKS_URL: 'https://idp.example/jwks', JWT_ALGORITHMS: 'EdDSA' }).jwt.algorithms, ['EdDSA'])
 })
 
 t.test('numbers that are not plain integers are refused, not rounded', async (t) => {

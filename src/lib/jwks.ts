@@ -17,6 +17,14 @@ export interface JwksKeysOptions {
  * Public keys of a JWKS endpoint by `kid`, as PEM. Keys are fetched on first
  * use, kept for `ttlMs`, and fetched again early when a token names an
  * unknown `kid` (key rotation), at most once per MIN_REFETCH_MS.
+ *
+ * Not get-jwks (11.0.3, which @fastify/jwt's README shows): it fetches and
+ * caches per (alg, kid), so every unknown kid costs a fetch, unthrottled;
+ * it returns `use: "enc"` keys; one null entry in `keys` throws for every kid
+ * listed after it; its 5 s `timeout` is a node-fetch option that the global
+ * fetch ignores; and jwk-to-pem cannot read Ed25519 (OKP) keys. The last
+ * three cannot be fixed from outside it. test/src/lib/jwks.test.ts fails on
+ * each of them with get-jwks.
  */
 export class JwksKeys {
   readonly #url: string

@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import { Writable } from 'node:stream'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import pino from 'pino'
+import authPlugin, { type AuthOptions } from '../../plugins/auth.js'
+import clusterPlugin from '../../plugins/cluster.js'
 import { buildApp } from '../../src/app.js'
 import { loggerOptions } from '../../src/logger.js'
 import { testConfig } from './config.js'
@@ -66,4 +68,17 @@ export async function twoInstances (t: Teardown, redisUrl: string, env: Record<s
   await waitForStatus(`${a.url}/ready`, 200)
   await waitForStatus(`${b.url}/ready`, 200)
   return [a, b]
+}
+
+/**
+ * The auth plugin on its own (with the in-process cluster it depends on),
+ * its revocation lookup answered by `revokedBefore`. Not listening.
+ */
+export async function authOnly (t: Teardown, opts: AuthOptions, revokedBefore: (userId: string) => Promise<number | null> = async () => null): Promise<FastifyInstance> {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(clusterPlugin, { prefix: 'auth:' })
+  app.cluster.revocations.revokedBefore = revokedBefore
+  await app.register(authPlugin, opts)
+  return app
 }

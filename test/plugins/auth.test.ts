@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import Fastify from 'fastify'
 import authPlugin, { type AuthOptions } from '../../plugins/auth.js'
-import { build } from '../helpers/build.js'
+import { authOnly, build } from '../helpers/build.js'
 import { newUser, nowSec, rsaKeyPair, serviceToken, signJwt, TEST_SECRET, userToken } from '../helpers/tokens.js'
 import { TestClient, type OpenOptions } from '../helpers/ws-client.js'
 
@@ -255,30 +255,16 @@ t.test('POST /alerts needs a token with the alerts:publish scope', async (t) => 
 t.test('the plugin on its own', async (t) => {
   const jwt = { key: TEST_SECRET, algorithms: ['HS256'], clockToleranceSec: 1, devSecret: false }
 
-  t.test('refuses to register without a key or a revocation lookup', async (t) => {
-    const register = (opts: AuthOptions) => async () => { await Fastify().register(authPlugin, opts).ready() }
-    await t.rejects(register({
-      jwt: { ...jwt, key: undefined },
-      allowedOrigins: null,
-      revokedBefore: async () => null
-    }), /auth: option jwt/)
-    await t.rejects(register({
-      jwt,
-      allowedOrigins: null,
-      revokedBefore: undefined as never
-    }), /auth: option revokedBefore must be a function/)
+  t.test('refuses to register without a key, or without the cluster (its revocations)', async (t) => {
+    await t.rejects(authOnly(t, { jwt: { ...jwt, key: undefined }, allowedOrigins: null }), /auth: option jwt/)
+    const alone = async (opts: AuthOptions): Promise<void> => { await Fastify().register(authPlugin, opts).ready() }
+    await t.rejects(alone({ jwt, allowedOrigins: null }), /dependency 'cluster' of plugin 'auth' is not registered/)
   })
 
   t.test('a revocation lookup that fails refuses the token with 503 (fails closed)', async (t) => {
     // Open sessions keep working while the bus is down; a token whose
     // revocation cannot be read is never accepted.
-    const app = Fastify()
-    t.teardown(() => app.close())
-    await app.register(authPlugin, {
-      jwt,
-      allowedOrigins: null,
-      revokedBefore: async () => { throw new Error('redis down') }
-    })
+    const app = await authOnly(t, { jwt, allowedOrigins: null }, async () => { throw new Error('redis down') })
     app.get('/me', { onRequest: [app.authenticateUser] }, async (request) => ({ sub: request.user.sub }))
     const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${userToken('u1')}` } })
     t.equal(res.statusCode, 503)
@@ -286,9 +272,7 @@ t.test('the plugin on its own', async (t) => {
   })
 
   t.test('a token without iat is revoked by any logout', async (t) => {
-    const app = Fastify()
-    t.teardown(() => app.close())
-    await app.register(authPlugin, { jwt, allowedOrigins: null, revokedBefore: async () => nowSec() - 3600 })
+    const app = await authOnly(t, { jwt, allowedOrigins: null }, async () => nowSec() - 3600)
     app.get('/me', { onRequest: [app.authenticateUser] }, async (request) => ({ sub: request.user.sub }))
     const inject = (token: string): Promise<number> => app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } }).then((r) => r.statusCode)
     t.equal(await inject(signJwt({ sub: 'u1', exp: nowSec() + 60 })), 403, 'no iat')

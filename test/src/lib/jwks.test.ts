@@ -1,8 +1,8 @@
 import t from 'tap'
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { build } from '../../helpers/build.js'
+import { authOnly, build } from '../../helpers/build.js'
 import { nowSec, signJwt } from '../../helpers/tokens.js'
 import { TestClient } from '../../helpers/ws-client.js'
 
@@ -11,18 +11,22 @@ function rsa (): { jwk: object, privateKey: KeyObject } {
   return { jwk: publicKey.export({ format: 'jwk' }), privateKey }
 }
 
-/** A JWKS endpoint whose key set the test can change; counts its fetches. */
-async function jwksServer (t: Parameters<typeof build>[0]): Promise<{ url: string, keys: Array<object | null>, fetches: () => number, status: { code: number } }> {
+/** A JWKS endpoint whose key set the test can change; counts its fetches; `hang` leaves requests unanswered. */
+async function jwksServer (t: Parameters<typeof build>[0]): Promise<{ url: string, keys: Array<object | null>, fetches: () => number, status: { code: number, hang?: boolean } }> {
   const keys: Array<object | null> = []
-  const status = { code: 200 }
+  const status: { code: number, hang?: boolean } = { code: 200 }
   let fetches = 0
   const server = createServer((req, res) => {
     fetches++
+    if (status.hang === true) return
     res.writeHead(status.code, { 'content-type': 'application/json' })
     res.end(JSON.stringify(req.url?.endsWith('/nothing') === true ? {} : { keys }))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.close(() => resolve())
+    server.closeAllConnections()
+  }))
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/jwks.json`, keys, fetches: () => fetches, status }
 }
 
@@ -31,22 +35,68 @@ const claims = (sub: string): Record<string, unknown> => ({ sub, iat: nowSec(), 
 t.test('tokens verified against a JWKS endpoint', async (t) => {
   const endpoint = await jwksServer(t)
   const first = rsa()
-  endpoint.keys.push({ ...first.jwk, kid: 'k1', use: 'sig', alg: 'RS256' })
+  const second = rsa()
+  const encryption = rsa()
+  endpoint.keys.push({ ...first.jwk, kid: 'k1', use: 'sig', alg: 'RS256' }, { ...second.jwk, kid: 'k2' })
   // An encryption key and a key without kid are ignored.
-  endpoint.keys.push({ ...rsa().jwk, kid: 'enc', use: 'enc' }, { ...rsa().jwk })
-  const { wsUrl } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url } })
+  endpoint.keys.push({ ...encryption.jwk, kid: 'enc', use: 'enc' }, { ...rsa().jwk })
+  const { app, wsUrl } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url } })
 
   const good = signJwt(claims('jwks-user'), { alg: 'RS256', key: first.privateKey, header: { kid: 'k1' } })
   const { welcome, client } = await TestClient.connect(wsUrl, { token: good })
   t.equal(welcome.userId, 'jwks-user', 'a token signed by a published key is accepted')
   t.equal(endpoint.fetches(), 1, 'keys fetched once')
   await client.close()
+  const other = await TestClient.connect(wsUrl, { token: signJwt(claims('second-key'), { alg: 'RS256', key: second.privateKey, header: { kid: 'k2' } }) })
+  t.equal(other.welcome.userId, 'second-key', 'every key of the set is usable')
+  t.equal(endpoint.fetches(), 1, 'the second key came with the first fetch')
+  await other.client.close()
+  // The `auth` message verifies a bare token, outside any request.
+  t.match(await app.verifyToken(good), { sub: 'jwks-user' }, 'a bare token is verified against the key set too')
+  await t.rejects(app.verifyToken(signJwt(claims('x'), { alg: 'RS256', key: second.privateKey, header: { kid: 'k1' } })), { code: 'WS_TOKEN_INVALID' }, 'and a bad one refused')
 
   t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: first.privateKey }) })).status, 401, 'no kid -> 401')
   t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: rsa().privateKey, header: { kid: 'k1' } }) })).status, 401, 'wrong key for the kid -> 401')
-  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: first.privateKey, header: { kid: 'enc' } }) })).status, 401, 'an encryption key is not a signing key')
+  t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: encryption.privateKey, header: { kid: 'enc' } }) })).status, 401, 'an encryption key is not a signing key')
   t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'HS256', key: 'x'.repeat(40), header: { kid: 'k1' } }) })).status, 401, 'HS256 is not accepted with JWKS')
+  for (let i = 0; i < 10; i++) {
+    t.equal((await TestClient.refused(wsUrl, { token: signJwt(claims('x'), { alg: 'RS256', key: first.privateKey, header: { kid: `random-${i}` } }) })).status, 401, `random kid ${i} -> 401`)
+  }
   t.equal(endpoint.fetches(), 1, 'unknown kids do not refetch within the minimum interval')
+
+  // Once the keys' 10 minutes are over, a known kid fetches the set again too.
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  Date.now = () => realNow() + 601_000
+  const later = { sub: 'later', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 600 }
+  const again = await TestClient.connect(wsUrl, { token: signJwt(later, { alg: 'RS256', key: first.privateKey, header: { kid: 'k1' } }) })
+  t.equal(again.welcome.userId, 'later')
+  t.equal(endpoint.fetches(), 2, 'the key set is fetched again after 10 minutes')
+  await again.client.close()
+})
+
+t.test('Ed25519 keys verify EdDSA tokens', async (t) => {
+  const endpoint = await jwksServer(t)
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519')
+  endpoint.keys.push({ ...publicKey.export({ format: 'jwk' }), kid: 'ed' })
+  const app = await authOnly(t, { jwt: { jwksUrl: endpoint.url, algorithms: ['EdDSA'], clockToleranceSec: 1, devSecret: false }, allowedOrigins: null })
+  app.get('/me', { onRequest: [app.authenticateUser] }, async (request) => ({ sub: request.user.sub }))
+  // signJwt knows RS* and HS* only: EdDSA signs the input here.
+  const input = [{ alg: 'EdDSA', typ: 'JWT', kid: 'ed' }, claims('ed-user')].map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.')
+  const token = `${input}.${sign(null, Buffer.from(input), privateKey).toString('base64url')}`
+  const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } })
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { sub: 'ed-user' })
+})
+
+t.test('a JWKS endpoint that does not answer refuses the token after the 5 s fetch timeout', async (t) => {
+  const endpoint = await jwksServer(t)
+  endpoint.status.hang = true
+  // The handshake timeout is raised so that only the fetch timeout can end the wait.
+  const { wsUrl } = await build(t, { env: { JWT_SECRET: '', JWT_JWKS_URL: endpoint.url, HANDSHAKE_TIMEOUT_MS: '30000' } })
+  const token = signJwt(claims('x'), { alg: 'RS256', key: rsa().privateKey, header: { kid: 'k1' } })
+  t.equal((await TestClient.refused(wsUrl, { token, timeoutMs: 10_000 })).status, 401)
+  t.equal(endpoint.fetches(), 1, 'one fetch, abandoned')
 })
 
 t.test('an unknown kid refetches the key set once the interval has passed (rotation)', async (t) => {
