@@ -41,7 +41,7 @@ export class Delivery {
   readonly #sessions: SessionRegistry
   readonly #log: Log
   readonly #watched = new Map<string, { refs: number, ready: Promise<void> }>()
-  #onControl: (userId: string, event: ControlEvent) => void = () => {}
+  #onControl: ((userId: string, event: ControlEvent) => void) | null = null
 
   constructor (opts: DeliveryOptions) {
     this.#broker = opts.broker
@@ -78,7 +78,7 @@ export class Delivery {
 
   /** Applies a claim or logout here, then on the instances watching the user. */
   async control (userId: string, event: ControlEvent): Promise<void> {
-    this.#onControl(userId, event)
+    this.#onControl?.(userId, event)
     const payload = Buffer.from(String(event.type === 'claim' ? event.generation : event.before))
     await this.#broker.publish(userTopic(userId), encode(event.type === 'claim' ? CLAIM : LOGOUT, payload))
   }
@@ -127,7 +127,7 @@ export class Delivery {
     }
     const userId = userOfTopic(topic)
     if (type === ALERT) this.#sessions.sendToUser(userId, payload)
-    else if (type === CLAIM) this.#onControl(userId, { type: 'claim', generation: Number(payload.toString()) })
-    else this.#onControl(userId, { type: 'logout', before: Number(payload.toString()) })
+    else if (type === CLAIM) this.#onControl?.(userId, { type: 'claim', generation: Number(payload.toString()) })
+    else this.#onControl?.(userId, { type: 'logout', before: Number(payload.toString()) })
   }
 }

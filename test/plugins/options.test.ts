@@ -3,7 +3,9 @@ import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import clusterPlugin from '../../plugins/cluster.js'
 import { MemoryRevocationStore } from '../../src/cluster/revocation-store.js'
+import gatewayPlugin from '../../plugins/gateway.js'
 import limitsPlugin from '../../plugins/limits.js'
+import metricsPlugin from '../../plugins/metrics.js'
 import { RedisIpSlots } from '../../src/cluster/ip-slots.js'
 import { RedisServer } from '../helpers/redis-server.js'
 
@@ -15,6 +17,11 @@ t.test('plugins name the missing option', async (t) => {
   other.register(clusterPlugin, { prefix: 'o:' })
   other.register(limitsPlugin, {} as never)
   await t.rejects(async () => other.ready(), /limits: option limits is required/)
+  const third = Fastify()
+  third.register(metricsPlugin, { defaultMetrics: false })
+  third.register(clusterPlugin, { prefix: 'o:' })
+  third.register(gatewayPlugin, {} as never)
+  await t.rejects(async () => third.ready(), /gateway: option config is required/)
 })
 
 t.test('memory revocations expire', async (t) => {

@@ -29,7 +29,7 @@ class RecordingBroker implements Broker {
   receive (topic: string, message: string): void { this.handlers?.onMessage(topic, Buffer.from(message)) }
 }
 
-function setup (): { delivery: Delivery, broker: RecordingBroker, local: string[], controls: Array<[string, ControlEvent]>, logs: string[] } {
+function setup (withControl = true): { delivery: Delivery, broker: RecordingBroker, local: string[], controls: Array<[string, ControlEvent]>, logs: string[] } {
   const local: string[] = []
   const sessions = {
     broadcast: (frame: Buffer) => { local.push(`all ${frame.toString()}`); return 3 },
@@ -40,7 +40,7 @@ function setup (): { delivery: Delivery, broker: RecordingBroker, local: string[
   const broker = new RecordingBroker()
   const delivery = new Delivery({ broker, sessions, log })
   const controls: Array<[string, ControlEvent]> = []
-  delivery.setControlHandler((userId, event) => { controls.push([userId, event]) })
+  if (withControl) delivery.setControlHandler((userId, event) => { controls.push([userId, event]) })
   return { delivery, broker, local, controls, logs }
 }
 
@@ -102,4 +102,14 @@ t.test('a failed subscription is forgotten, so the next watcher tries again', as
   broker.failSubscribe = null
   await delivery.watch('ann')
   t.ok(delivery.watching('ann'))
+})
+
+t.test('without a control handler, claims and logouts are only carried', async (t) => {
+  const { delivery, broker, controls } = setup(false)
+  delivery.start(() => {})
+  await delivery.control('ann', { type: 'claim', generation: 2 })
+  broker.receive('user:{ann}', 'C3')
+  broker.receive('user:{ann}', 'L5')
+  t.same(controls, [])
+  t.same(broker.published, [['user:{ann}', 'C2']])
 })
