@@ -1,5 +1,4 @@
 import { existsSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
@@ -13,8 +12,19 @@ const DevTokenSchema = Type.Object({
   service: Type.Optional(Type.Boolean())
 }, { additionalProperties: false })
 
-/** A module path under client/, as the browser asks for it: no dots, so no way out of the folder. */
-const MODULE_PATH = /^[a-z0-9-]+(?:\/[a-z0-9-]+)*\.js$/
+/**
+ * The compiled folders the page's modules come from, each served at its own
+ * name: client/ imports the wire contract as `../protocol/*.js`.
+ */
+const MODULE_FOLDERS = ['client', 'protocol'] as const
+
+/** A compiled module or its source map, as the browser asks for it: no dots, so no way out of the folder. */
+const MODULE_PATH = /^[a-z0-9-]+(?:\/[a-z0-9-]+)*\.js(?:\.map)?$/
+
+export interface DemoRoutesOptions {
+  /** The build output holding client/ and protocol/: the package's dist/ (`npm run build`) by default. */
+  distDir?: string
+}
 
 /**
  * The folder holding package.json: one level up from routes/demo.ts, two
@@ -31,30 +41,21 @@ function packageRoot (): string {
   return dir
 }
 
-/** Strips the types from a client module (one file, no type check: `tsc --noEmit` does that). */
-async function transpile (path: string, source: string): Promise<string> {
-  // typescript is a development dependency: loaded only here, on demand.
-  const { default: ts } = await import('typescript')
-  return ts.transpileModule(source, {
-    fileName: path,
-    compilerOptions: {
-      target: ts.ScriptTarget.ES2022,
-      module: ts.ModuleKind.ES2022,
-      inlineSourceMap: true,
-      inlineSources: true
-    }
-  }).outputText
-}
-
 /**
  * Development only (never registered in production): the demo page at `/`,
- * the client library and the page's script compiled from client/*.ts at
- * `/client/*.js`, and POST /dev/token, which mints tokens signed with the
- * development secret.
+ * the client library and the page's script as compiled by `npm run build`
+ * (dist/client, dist/protocol) at `/client/*.js` and `/protocol/*.js`, and
+ * POST /dev/token, which mints tokens signed with the development secret.
  */
-export default async function demoRoutes (fastify: FastifyInstance) {
+export default async function demoRoutes (fastify: FastifyInstance, opts: DemoRoutesOptions) {
   const { gatewayConfig: config } = fastify
-  const clientDir = join(packageRoot(), 'client')
+  const root = packageRoot()
+  // The same dist/ whether the gateway runs from it (`npm start`) or from source (tests).
+  const distDir = opts.distDir ?? join(root, 'dist')
+  for (const folder of MODULE_FOLDERS) {
+    // At start, not on every request: there is no compiler at run time.
+    if (!existsSync(join(distDir, folder))) throw new Error(`demo: ${join(distDir, folder)} is missing: run \`npm run build\` first`)
+  }
 
   fastify.withTypeProvider<TypeBoxTypeProvider>().post('/dev/token', {
     schema: { body: DevTokenSchema }
@@ -63,21 +64,27 @@ export default async function demoRoutes (fastify: FastifyInstance) {
     return { token: mintToken(config.jwt, sub, service === true ? { scope: 'alerts:publish', ttl: '1h' } : { ttl: '1h' }) }
   })
 
-  // The page and its stylesheet only: no wildcard route over the folder.
-  await fastify.register(fastifyStatic, { root: join(clientDir, 'demo'), serve: false })
+  // reply.sendFile for the page, its stylesheet and the modules below: no wildcard route over any folder.
+  await fastify.register(fastifyStatic, {
+    root: join(root, 'client', 'demo'),
+    serve: false,
+    setHeaders (reply, path) {
+      if (!/\.js(?:\.map)?$/.test(path)) return
+      // The modules are revalidated on every load (ETag), so a rebuild shows at once.
+      reply.header('cache-control', 'no-cache')
+      // send's mime table says application/javascript; text/javascript is the current name (RFC 9239).
+      if (path.endsWith('.js')) reply.type('text/javascript; charset=utf-8')
+    }
+  })
   fastify.get('/', (_request, reply) => reply.sendFile('index.html'))
   fastify.get('/demo.css', (_request, reply) => reply.sendFile('demo.css'))
 
-  fastify.get<{ Params: { '*': string } }>('/client/*', async (request, reply) => {
-    const path = request.params['*']
-    if (!MODULE_PATH.test(path)) return reply.callNotFound()
-    const file = join(clientDir, path.replace(/\.js$/, '.ts'))
-    let source: string
-    try {
-      source = await readFile(file, 'utf8')
-    } catch {
-      return reply.callNotFound()
-    }
-    return reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-cache').send(await transpile(file, source))
-  })
+  for (const folder of MODULE_FOLDERS) {
+    const folderDir = join(distDir, folder)
+    fastify.get<{ Params: { '*': string } }>(`/${folder}/*`, (request, reply) => {
+      const path = request.params['*']
+      if (!MODULE_PATH.test(path)) return reply.callNotFound()
+      return reply.sendFile(path, folderDir)
+    })
+  }
 }

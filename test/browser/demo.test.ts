@@ -13,7 +13,7 @@ import { serviceToken } from '../helpers/tokens.js'
 // The demo page exists only on a generated development secret.
 const DEV_ENV = devSecretEnv(t.testdir())
 
-// Launching Chromium and compiling the page's modules on first load take a while on a busy machine.
+// Launching Chromium takes a while on a busy machine.
 t.setTimeout(120_000)
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -55,6 +55,12 @@ t.test('the demo page in Chromium', {
   page.on('pageerror', (error) => pageErrors.push(error.message))
   let sockets = 0
   page.on('websocket', () => { sockets++ })
+  // The page's modules as the browser fetched them (from the build: dist/client, dist/protocol).
+  const modules = new Map<string, number>()
+  page.on('response', (response) => {
+    const { pathname } = new URL(response.url())
+    if (pathname.endsWith('.js')) modules.set(pathname, response.status())
+  })
 
   const sub = `browser-${randomUUID().slice(0, 8)}`
   const state = async (value: string, timeout = 10000): Promise<void> => {
@@ -69,6 +75,9 @@ t.test('the demo page in Chromium', {
     await state('open')
     t.match(await page.textContent('#user'), sub)
     t.equal(sockets, 1, 'one WebSocket')
+    t.equal(modules.get('/client/demo/app.js'), 200, 'the page script')
+    t.equal(modules.get('/protocol/close-codes.js'), 200, 'the wire contract, imported by the client as ../protocol/')
+    t.same([...modules.values()].filter((status) => status !== 200), [], 'every module loaded')
   })
 
   await t.test('an alert published over REST appears, in its severity colour', async (t) => {
