@@ -43,7 +43,10 @@ async function gatewayPlugin (fastify: FastifyInstance, opts: GatewayOptions) {
   fastify.decorate('claims', claims)
   fastify.decorate('spike', spike)
 
+  // Broadcasts are subscribed before the connections start, so the broker
+  // reports connected only once that subscription is in place.
   delivery.start((connected) => metrics.busConnected.set(connected ? 1 : 0))
+  cluster.start()
   metrics.busConnected.set(cluster.broker.connected ? 1 : 0)
 
   fastify.addHook('onReady', async () => {

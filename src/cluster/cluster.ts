@@ -16,6 +16,11 @@ export interface Cluster {
   redis: Redis | null
   /** Prefix of every Redis key and channel. */
   prefix: string
+  /**
+   * Starts connecting (Redis); returns at once. Call it after the standing
+   * subscriptions were asked for, so the first connect already restores them.
+   */
+  start (): void
   close (): Promise<void>
 }
 
@@ -33,25 +38,27 @@ export interface ClusterOptions {
 
 /**
  * The memory or Redis implementations, chosen by `redisUrl`. Never waits for
- * Redis: the connections start connecting and the broker reports when it is
- * up.
+ * Redis: once started, the connections connect in the background and the
+ * broker reports when it is up.
  */
 export function createCluster (opts: ClusterOptions): Cluster {
   if (opts.redisUrl === undefined) {
     const broker = new MemoryBroker()
-    return { broker, claims: new MemoryClaimStore(), revocations: new MemoryRevocationStore(), redis: null, prefix: opts.prefix, close: () => broker.close() }
+    return { broker, claims: new MemoryClaimStore(), revocations: new MemoryRevocationStore(), redis: null, prefix: opts.prefix, start: () => {}, close: () => broker.close() }
   }
   const connections = createRedisConnections(opts.redisUrl, opts.commandTimeoutMs)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log })
-  for (const client of [connections.command, connections.subscriber]) {
-    client.connect().catch(() => { /* retried by ioredis; reported by the broker */ })
-  }
   return {
     broker,
     claims: new RedisClaimStore(connections.command, opts.prefix),
     revocations: new RedisRevocationStore(connections.command, opts.prefix),
     redis: connections.command,
     prefix: opts.prefix,
+    start () {
+      for (const client of [connections.command, connections.subscriber]) {
+        client.connect().catch(() => { /* retried by ioredis; reported by the broker */ })
+      }
+    },
     close: () => broker.close()
   }
 }
