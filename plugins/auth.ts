@@ -100,6 +100,9 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     await fastify.register(fastifyJwt, { secret: { public: jwt.key }, verify: verifyOptions })
   }
 
+  // A configured clock tolerance above the default widens it (JWT_CLOCK_TOLERANCE_SECONDS).
+  const iatSkewSec = Math.max(MAX_IAT_SKEW_SEC, jwt.clockToleranceSec)
+
   async function verifyToken (token: string): Promise<TokenClaims> {
     let claims: TokenClaims
     try {
@@ -113,7 +116,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     if (typeof claims.sub !== 'string' || claims.sub === '' || claims.sub.length > MAX_SUB_LENGTH || typeof claims.exp !== 'number') {
       throw new TokenInvalidError()
     }
-    if (typeof claims.iat === 'number' && claims.iat > Date.now() / 1000 + MAX_IAT_SKEW_SEC) {
+    if (typeof claims.iat === 'number' && claims.iat > Date.now() / 1000 + iatSkewSec) {
       fastify.log.debug({ userId: claims.sub }, 'token refused: issued in the future')
       throw new TokenInvalidError()
     }

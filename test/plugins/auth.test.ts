@@ -323,6 +323,9 @@ t.test('a token issued more than 30 s in the future is refused with 401', async 
     body: JSON.stringify({ target: { all: true }, severity: 'info', title: 'x' })
   })
   t.equal(publish.status, 401, 'also on REST routes')
+  const tolerant = await build(t, { env: { JWT_CLOCK_TOLERANCE_SECONDS: '120' } })
+  t.equal(await handshake(tolerant.wsUrl, { token: userToken(newUser(), { iat: nowSec() + 90 }) }), 101, 'a larger JWT_CLOCK_TOLERANCE_SECONDS widens the skew')
+  t.equal(await handshake(tolerant.wsUrl, { token: userToken(newUser(), { iat: nowSec() + 200 }) }), 401)
 })
 
 t.test('production warns at start while ALLOWED_ORIGINS is unset (browser-style tokens are accepted on /ws)', async (t) => {
