@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import { taggedKey } from './user-key.js'
 
 /** Concurrent connection slots per client address. */
 export interface IpSlots {
@@ -66,7 +67,8 @@ type SlotCommands = Redis & {
 export class RedisIpSlots implements IpSlots {
   readonly #redis: SlotCommands
   readonly #ttlMs: number
-  readonly #prefix: string
+  /** `<prefix>ip:{<address key>}`. */
+  readonly #key: (key: string) => string
   readonly #held = new Map<string, Set<string>>()
   readonly #timer: NodeJS.Timeout
   readonly #onError: (err: unknown) => void
@@ -76,14 +78,10 @@ export class RedisIpSlots implements IpSlots {
     redis.defineCommand('gwRefreshSlots', { numberOfKeys: 1, lua: REFRESH })
     this.#redis = redis as SlotCommands
     this.#ttlMs = ttlMs
-    this.#prefix = prefix
+    this.#key = taggedKey(prefix, 'ip')
     this.#onError = onError
     this.#timer = setInterval(() => this.refresh(), Math.max(100, Math.floor(ttlMs / 3)))
     this.#timer.unref()
-  }
-
-  #key (key: string): string {
-    return `${this.#prefix}ip:{${key}}`
   }
 
   async acquire (key: string, member: string, max: number): Promise<boolean> {

@@ -1,19 +1,21 @@
 import type { Redis } from 'ioredis'
 
 /**
- * A per-user Redis key, `<prefix><kind>:{<userId>}`: the hash tag keeps all
- * of a user's keys and its topic in one slot (Redis Cluster).
+ * Builds `<prefix><kind>:{<id>}`: the hash tag keeps every key of one user
+ * (or one client address) in one slot, ready for Redis Cluster.
  */
+export function taggedKey (prefix: string, kind: string): (id: string) => string {
+  const head = `${prefix}${kind}:{`
+  return (id) => `${head}${id}}`
+}
+
+/** A per-user Redis key and the connection it lives on. */
 export class UserKey {
   readonly redis: Redis
-  readonly #prefix: string
+  readonly of: (userId: string) => string
 
   constructor (redis: Redis, prefix: string, kind: string) {
     this.redis = redis
-    this.#prefix = `${prefix}${kind}:{`
-  }
-
-  of (userId: string): string {
-    return `${this.#prefix}${userId}}`
+    this.of = taggedKey(prefix, kind)
   }
 }
