@@ -53,6 +53,13 @@ export interface GatewayConfig {
     restRateLimitPerMinute: number
     publishRateLimitPerMinute: number
   }
+  history: {
+    /** Alerts older than this are gone from history. */
+    retentionMs: number
+    /** Newest alerts kept per stream; 0: history off. */
+    maxEntries: number
+  }
+  idempotencyWindowMs: number
   spike: {
     windowMs: number
     baselineWindows: number
@@ -328,6 +335,11 @@ export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.
       restRateLimitPerMinute: env.REST_RATE_LIMIT_PER_MINUTE,
       publishRateLimitPerMinute: env.PUBLISH_RATE_LIMIT_PER_MINUTE
     },
+    history: {
+      retentionMs: env.HISTORY_RETENTION_MS,
+      maxEntries: env.HISTORY_MAX_ENTRIES
+    },
+    idempotencyWindowMs: env.IDEMPOTENCY_WINDOW_MS,
     spike: {
       windowMs: env.SPIKE_WINDOW_MS,
       baselineWindows: env.SPIKE_BASELINE_WINDOWS,

@@ -8,6 +8,10 @@ export interface ClusterOptions {
   redisUrl?: string
   /** Prefix of every Redis key and channel (tests isolate runs with it). */
   prefix: string
+  /** Default: the contract's defaults (300 entries, 10 minutes). */
+  history?: { maxEntries: number, retentionMs: number }
+  /** Default: 10 minutes. */
+  idempotencyWindowMs?: number
 }
 
 /**
@@ -19,7 +23,14 @@ export interface ClusterOptions {
 async function clusterPlugin (fastify: FastifyInstance, opts: ClusterOptions) {
   if (typeof opts.prefix !== 'string') throw new Error('cluster: option prefix is required')
   const instanceId = randomBytes(8).toString('hex')
-  const cluster = createCluster({ redisUrl: opts.redisUrl, instanceId, prefix: opts.prefix, log: fastify.log })
+  const cluster = createCluster({
+    redisUrl: opts.redisUrl,
+    instanceId,
+    prefix: opts.prefix,
+    log: fastify.log,
+    history: opts.history ?? { maxEntries: 300, retentionMs: 600_000 },
+    idempotencyWindowMs: opts.idempotencyWindowMs ?? 600_000
+  })
   fastify.decorate('instanceId', instanceId)
   fastify.decorate('cluster', cluster)
   fastify.addHook('onClose', async () => cluster.close())

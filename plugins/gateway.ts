@@ -27,7 +27,21 @@ async function gatewayPlugin (fastify: FastifyInstance, opts: GatewayOptions) {
   const { cluster, metrics, log } = fastify
   const lifecycle = new Lifecycle()
   const sessions = new SessionRegistry({ ws: config.ws, metrics, log })
-  const delivery = new Delivery({ broker: cluster.broker, sessions, log })
+  const delivery = new Delivery({
+    broker: cluster.broker,
+    sessions,
+    log,
+    history: cluster.history,
+    sessionCounts: cluster.sessionCounts,
+    metrics: {
+      published: (target) => metrics.alertsPublished.inc({ target }),
+      resumed (recovered, replayed) {
+        metrics.resumes.inc({ result: recovered ? 'recovered' : 'gap' })
+        metrics.historyReplayed.inc(replayed)
+      },
+      caughtUp: (result) => metrics.busCatchups.inc({ result })
+    }
+  })
   const claims = new UserClaims({
     delivery,
     store: cluster.claims,
@@ -58,6 +72,7 @@ async function gatewayPlugin (fastify: FastifyInstance, opts: GatewayOptions) {
     await drain(sessions, lifecycle, log, config.shutdownTimeoutMs)
     sessions.stop()
     spike.stop()
+    delivery.stop()
   })
 }
 

@@ -1,4 +1,5 @@
 import Type, { type Static } from 'typebox'
+import { POSITION_PATTERN } from './position.js'
 
 /**
  * The gateway's WebSocket frames (README "Protocol"), defined once as
@@ -40,6 +41,15 @@ export const CLIENT_FRAME_TYPES: ReadonlySet<string> = new Set(ClientFrameSchema
 
 // Server -> client.
 
+/** A stream position (see position.ts): opaque to clients. */
+export const PositionSchema = Type.String({ pattern: POSITION_PATTERN })
+
+/** Where the client stands in both streams it follows. */
+export const PositionsSchema = Type.Object({ all: PositionSchema, user: PositionSchema })
+export type Positions = Static<typeof PositionsSchema>
+
+export const StreamNameSchema = Type.Union([Type.Literal('all'), Type.Literal('user')])
+
 /** The first frame of every session: the limits the client must respect. */
 export const WelcomeSchema = Type.Object({
   type: Type.Literal('welcome'),
@@ -47,7 +57,9 @@ export const WelcomeSchema = Type.Object({
   userId: Type.String(),
   heartbeatMs: Type.Integer(),
   reauthMs: Type.Integer(),
-  maxMessageBytes: Type.Integer()
+  maxMessageBytes: Type.Integer(),
+  /** Head of both streams (absent when history is off). */
+  pos: Type.Optional(PositionsSchema)
 })
 export type Welcome = Static<typeof WelcomeSchema>
 
@@ -59,9 +71,31 @@ export const AlertSchema = Type.Object({
   severity: SeveritySchema,
   title: Type.String(),
   body: Type.Optional(Type.String()),
-  data: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
+  data: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  /** The stream it belongs to and its position there (absent when history is off). */
+  stream: Type.Optional(StreamNameSchema),
+  pos: Type.Optional(PositionSchema),
+  /** True when replayed from history on resume. */
+  replay: Type.Optional(Type.Literal(true))
 })
 export type Alert = Static<typeof AlertSchema>
+
+/** After the replayed alerts of a resume: whether nothing is missing, and where the client stands. */
+export const ResumedSchema = Type.Object({
+  type: Type.Literal('resumed'),
+  recovered: Type.Boolean(),
+  replayed: Type.Integer({ minimum: 0 }),
+  pos: PositionsSchema
+})
+export type Resumed = Static<typeof ResumedSchema>
+
+/** Alerts of `streams` may be missing between the client's position and `pos`. */
+export const GapSchema = Type.Object({
+  type: Type.Literal('gap'),
+  streams: Type.Array(StreamNameSchema),
+  pos: PositionsSchema
+})
+export type Gap = Static<typeof GapSchema>
 
 export const ReauthSchema = Type.Object({
   type: Type.Literal('reauth'),
@@ -91,5 +125,5 @@ export const ServerErrorSchema = Type.Object({
 })
 export type ServerError = Static<typeof ServerErrorSchema>
 
-export const ServerFrameSchema = Type.Union([WelcomeSchema, AlertSchema, ReauthSchema, PongSchema, ServerErrorSchema])
+export const ServerFrameSchema = Type.Union([WelcomeSchema, AlertSchema, ResumedSchema, GapSchema, ReauthSchema, PongSchema, ServerErrorSchema])
 export type ServerFrame = Static<typeof ServerFrameSchema>

@@ -1,22 +1,80 @@
-import { randomUUID } from 'node:crypto'
-import type { FastifyInstance } from 'fastify'
+import { createHash, randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { BusUnavailableError } from '../src/lib/errors.js'
+import { BadIdempotencyKeyError, BusUnavailableError, IdempotencyConflictError } from '../src/lib/errors.js'
 import type { Alert } from '../protocol/frames.js'
-import { PublishAlertSchema, PublishResultSchema } from '../src/delivery/publish-schema.js'
+import { IDEMPOTENCY_KEY, PublishAlertSchema, PublishResultSchema, type PublishAlert, type PublishResult } from '../src/delivery/publish-schema.js'
+import { PENDING_TTL_MS } from '../src/cluster/idempotency-store.js'
 import { sanitiseAlertBody } from '../src/lib/sanitize.js'
 
 /** Largest accepted POST /alerts body. */
 const BODY_LIMIT = 64 * 1024
+/** How often a repeat polls for the answer of a publish still in progress elsewhere. */
+const PENDING_POLL_MS = 20
 
 /**
  * POST /alerts: a service (token scope `alerts:publish`) publishes an alert
- * to every user or to one. Answers 202 `{id, delivered}`, where `delivered`
- * counts the sockets written on this instance; other instances deliver
- * through the bus and count in their own metrics.
+ * to every user, one user, or a list of users. The alert is in history
+ * before it is fanned out; the 202 says where it landed and how many
+ * sessions it was handed to. With `Idempotency-Key`, a repeat of the same
+ * body answers the first answer and delivers nothing.
  */
 export default async function alertRoutes (fastify: FastifyInstance) {
-  const { delivery, limits } = fastify
+  const { delivery, limits, metrics } = fastify
+  const { idempotency } = fastify.cluster
+
+  async function publish (request: FastifyRequest, body: PublishAlert): Promise<PublishResult> {
+    const { target, severity, title } = body
+    const alert: Alert = { type: 'alert', id: randomUUID(), ts: Date.now(), severity, title }
+    if (body.body !== undefined) alert.body = body.body
+    if (body.data !== undefined) alert.data = body.data
+    try {
+      return { id: alert.id, ...await delivery.publish(target, alert) }
+    } catch (err) {
+      request.log.warn({ err, alertId: alert.id }, 'alert not stored and published')
+      throw new BusUnavailableError()
+    }
+  }
+
+  /**
+   * Publishes once per (service, key): the first request takes the key,
+   * publishes and stores its answer; a repeat gets that answer, waiting for
+   * it while the first is still publishing (on any instance).
+   */
+  async function publishOnce (request: FastifyRequest, reply: FastifyReply, body: PublishAlert, key: string): Promise<PublishResult> {
+    const scope = request.user.sub
+    const fingerprint = createHash('sha256').update(JSON.stringify(body)).digest('base64')
+    const deadline = Date.now() + PENDING_TTL_MS
+    for (;;) {
+      const known = await idempotency.begin(scope, key, fingerprint).catch((err: Error) => {
+        request.log.warn({ err }, 'idempotency key not readable')
+        throw new BusUnavailableError()
+      })
+      if (known.state === 'new') break
+      if (known.fingerprint !== fingerprint) throw new IdempotencyConflictError()
+      if (known.state === 'done') {
+        metrics.idempotentReplays.inc()
+        reply.header('idempotent-replayed', 'true')
+        return JSON.parse(known.answer) as PublishResult
+      }
+      // Bounded by the key's own expiry: past it the key is free again.
+      if (Date.now() > deadline) throw new BusUnavailableError()
+      await sleep(PENDING_POLL_MS)
+    }
+    let result: PublishResult
+    try {
+      result = await publish(request, body)
+    } catch (err) {
+      // Not published: a retry may publish.
+      await idempotency.abandon(scope, key).catch(() => {})
+      throw err
+    }
+    await idempotency.complete(scope, key, fingerprint, JSON.stringify(result)).catch((err: Error) => {
+      request.log.warn({ err, alertId: result.id }, 'idempotency answer not stored')
+    })
+    return result
+  }
 
   fastify.withTypeProvider<TypeBoxTypeProvider>().post('/alerts', {
     bodyLimit: BODY_LIMIT,
@@ -28,23 +86,9 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     // Sanitise before validation, so the length bounds apply to what is sent.
     preValidation: async (request) => { sanitiseAlertBody(request.body) }
   }, async (request, reply) => {
-    const { target, severity, title, body, data } = request.body
-    const alert: Alert = { type: 'alert', id: randomUUID(), ts: Date.now(), severity, title }
-    if (body !== undefined) alert.body = body
-    if (data !== undefined) alert.data = data
-    // Encoded once, written as the same buffer to every socket.
-    const frame = Buffer.from(JSON.stringify(alert))
-    let delivered: number
-    try {
-      if ('all' in target) {
-        delivered = await delivery.broadcast(frame)
-      } else {
-        delivered = await delivery.sendToUser(target.userId, frame)
-      }
-    } catch (err) {
-      request.log.warn({ err, alertId: alert.id }, 'alert not published to the other instances')
-      throw new BusUnavailableError()
-    }
-    return reply.code(202).send({ id: alert.id, delivered })
+    const key = request.headers['idempotency-key']
+    if (key === undefined) return reply.code(202).send(await publish(request, request.body))
+    if (typeof key !== 'string' || !IDEMPOTENCY_KEY.test(key)) throw new BadIdempotencyKeyError()
+    return reply.code(202).send(await publishOnce(request, reply, request.body, key))
   })
 }

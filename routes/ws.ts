@@ -4,13 +4,15 @@ import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { CloseCode } from '../protocol/close-codes.js'
-import { BusUnavailableError, ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError, TokenRevokedError } from '../src/lib/errors.js'
+import { BadPositionError, BusUnavailableError, ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError, TokenRevokedError } from '../src/lib/errors.js'
 import { handleMessage, type MessageContext } from '../src/session/message-handler.js'
 import type { Welcome } from '../protocol/frames.js'
 import type { ConnectionResult } from '../src/lib/metric-names.js'
 import { Session } from '../src/session/session.js'
 import { releaseUpgradeRequest } from '../src/session/upgrade-release.js'
 import { isRevoked } from '../src/lib/token-claims.js'
+import type { ResumePlan } from '../src/delivery/delivery.js'
+import { isWellFormedPosition } from '../protocol/position.js'
 
 /** What a request reserved before the upgrade; released if no session takes it. */
 interface Reservation {
@@ -29,6 +31,18 @@ interface UpgradeState {
   reservation: Reservation | null
   /** The ServerResponse @fastify/websocket assigned to the raw socket. */
   response: ServerResponse | null
+  /** Positions the client resumes from (`since_all`, `since_user`). */
+  since: { all?: string, user?: string }
+  /** What history gave for the session, read once the user is watched. */
+  plan: ResumePlan | null
+}
+
+/** A `since_*` query value: absent, or a well-formed position (400 otherwise). */
+function sinceParam (query: Record<string, unknown>, name: string): string | undefined {
+  const value = query[name]
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || !isWellFormedPosition(value)) throw new BadPositionError(name)
+  return value
 }
 
 const RESULT_BY_CODE: Record<string, ConnectionResult> = {
@@ -54,7 +68,7 @@ function release (reservation: Reservation): void {
 /** GET /ws: the authenticated WebSocket endpoint. */
 export default async function wsRoutes (fastify: FastifyInstance) {
   fastify.decorateRequest('upgrade', null)
-  const { gatewayConfig: config, sessions: registry, claims, lifecycle, metrics, limits, spike } = fastify
+  const { gatewayConfig: config, sessions: registry, claims, delivery, lifecycle, metrics, limits, spike } = fastify
   const ctx: MessageContext = {
     ws: config.ws,
     registry,
@@ -77,7 +91,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     if (!lifecycle.accepting) throw new ShuttingDownError()
     if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
     lifecycle.pendingHandshakes++
-    const state: UpgradeState = { pending: true, listeners: [], reservation: null, response: null }
+    const state: UpgradeState = { pending: true, listeners: [], reservation: null, response: null, since: {}, plan: null }
     request.upgrade = state
     // onRequest runs in the same tick as the upgrade event: the socket is live.
     const onClose = (): void => settle(state)
@@ -96,6 +110,11 @@ export default async function wsRoutes (fastify: FastifyInstance) {
    */
   async function authorize (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     await fastify.checkRevoked(await fastify.verifyRequest(request))
+    if (request.upgrade !== null) {
+      // A malformed position is the client's fault: 400, before it uses up an attempt.
+      const query = request.query as Record<string, unknown>
+      request.upgrade.since = { all: sinceParam(query, 'since_all'), user: sinceParam(query, 'since_user') }
+    }
     await limits.connectAttempt(request, reply)
   }
 
@@ -138,6 +157,15 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       release(reservation)
       throw new TokenRevokedError()
     }
+    // History is read once the user is watched: every later alert reaches
+    // this instance, so the session misses nothing between read and live.
+    try {
+      state.plan = await delivery.resume(userId, state.since)
+    } catch (err) {
+      release(reservation)
+      request.log.warn({ err }, 'history not readable')
+      throw new BusUnavailableError()
+    }
     if (gone()) {
       // Gone while we waited on Redis, possibly before the listener above.
       release(reservation)
@@ -165,6 +193,8 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     releaseUpgradeRequest(socket, state.response as ServerResponse, onSocketError)
     const reservation = state.reservation as Reservation
     request.upgrade = null
+    const plan = state.plan
+    state.plan = null
     const claimsOfToken = request.user
     const now = Date.now()
     const session = new Session({
@@ -190,7 +220,6 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     })
 
     // ws hands over only sockets that completed the handshake (open).
-    registry.add(session)
     metrics.connection('accepted')
     const welcome: Welcome = {
       type: 'welcome',
@@ -200,7 +229,8 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       reauthMs: config.ws.reauthIntervalMs,
       maxMessageBytes: config.ws.maxMessageBytes
     }
-    if (registry.send(session, Buffer.from(JSON.stringify(welcome)))) metrics.messagesSent.inc()
+    // welcome, the replay and `resumed` go out before the session takes live alerts.
+    delivery.attach(session, plan as ResumePlan, welcome)
     request.raw.socket?.uncork()
 
     if (claims.loggedOutSince(session.userId, session.tokenIatSec)) {

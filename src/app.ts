@@ -51,7 +51,12 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
 
   const prefix = options.redisPrefix ?? 'gw:'
   await app.register(metricsPlugin, { defaultMetrics: options.defaultMetrics ?? true })
-  await app.register(clusterPlugin, { redisUrl: config.redisUrl, prefix })
+  await app.register(clusterPlugin, {
+    redisUrl: config.redisUrl,
+    prefix,
+    history: config.history,
+    idempotencyWindowMs: config.idempotencyWindowMs
+  })
   await app.register(authPlugin, {
     jwt: config.jwt,
     allowedOrigins: config.allowedOrigins,

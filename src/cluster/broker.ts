@@ -21,7 +21,8 @@ export interface Broker {
   /** Whether the broker answers right now (a round trip for Redis). */
   ping (): Promise<boolean>
   setHandlers (handlers: BrokerHandlers): void
-  publish (topic: string, message: Buffer): Promise<void>
+  /** Resolves to the number of instances subscribed to `topic` (0 for the in-process broker). */
+  publish (topic: string, message: Buffer): Promise<number>
   /** Resolves once messages of `topic` are delivered here. */
   subscribe (topic: string): Promise<void>
   unsubscribe (topic: string): void

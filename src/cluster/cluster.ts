@@ -1,17 +1,30 @@
 import type { Redis } from 'ioredis'
 import type { Log } from '../lib/log.js'
 import type { Broker } from './broker.js'
+import { ALL_TOPIC, userTopic } from './broker.js'
 import { MemoryClaimStore, RedisClaimStore, type ClaimStore } from './claim-store.js'
+import type { HistoryLimits, HistoryStore } from './history-store.js'
+import { MemoryIdempotencyStore, RedisIdempotencyStore, type IdempotencyStore } from './idempotency-store.js'
 import { MemoryBroker } from './memory-broker.js'
+import { MemoryHistoryStore } from './memory-history-store.js'
 import { RedisBroker } from './redis-broker.js'
 import { createRedisConnections } from './redis-connections.js'
+import { RedisHistoryStore } from './redis-history-store.js'
 import { MemoryRevocationStore, RedisRevocationStore, type RevocationStore } from './revocation-store.js'
+import { MemorySessionCounts, RedisSessionCounts, type SessionCounts } from './session-counts.js'
+
+/** How often each instance reports its session count (see SessionCounts). */
+export const SESSION_COUNT_PERIOD_MS = 5000
 
 /** What the instances share: a broker and the stores, memory or Redis. */
 export interface Cluster {
   broker: Broker
   claims: ClaimStore
   revocations: RevocationStore
+  /** Null when history is off (HISTORY_MAX_ENTRIES=0). */
+  history: HistoryStore | null
+  idempotency: IdempotencyStore
+  sessionCounts: SessionCounts
   /** The Redis command connection (cluster-wide limits), or null on one instance. */
   redis: Redis | null
   /** Prefix of every Redis key and channel. */
@@ -34,7 +47,12 @@ export interface ClusterOptions {
   log: Log
   /** Bound on any one Redis command, so a stalled Redis never hangs a request. */
   commandTimeoutMs?: number
+  /** maxEntries 0: no history. */
+  history: HistoryLimits
+  idempotencyWindowMs: number
 }
+
+const topicOf = (owner: string | null): string => owner === null ? ALL_TOPIC : userTopic(owner)
 
 /**
  * The memory or Redis implementations, chosen by `redisUrl`. Never waits for
@@ -44,7 +62,18 @@ export interface ClusterOptions {
 export function createCluster (opts: ClusterOptions): Cluster {
   if (opts.redisUrl === undefined) {
     const broker = new MemoryBroker()
-    return { broker, claims: new MemoryClaimStore(), revocations: new MemoryRevocationStore(), redis: null, prefix: opts.prefix, start: () => {}, close: () => broker.close() }
+    return {
+      broker,
+      claims: new MemoryClaimStore(),
+      revocations: new MemoryRevocationStore(),
+      history: opts.history.maxEntries === 0 ? null : new MemoryHistoryStore(opts.history, (topic, message) => broker.loopback(topic, message)),
+      idempotency: new MemoryIdempotencyStore(opts.idempotencyWindowMs),
+      sessionCounts: new MemorySessionCounts(),
+      redis: null,
+      prefix: opts.prefix,
+      start: () => {},
+      close: () => broker.close()
+    }
   }
   const connections = createRedisConnections(opts.redisUrl, opts.commandTimeoutMs)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log })
@@ -52,6 +81,18 @@ export function createCluster (opts: ClusterOptions): Cluster {
     broker,
     claims: new RedisClaimStore(connections.command, opts.prefix),
     revocations: new RedisRevocationStore(connections.command, opts.prefix),
+    history: opts.history.maxEntries === 0
+      ? null
+      : new RedisHistoryStore({
+        redis: connections.command,
+        prefix: opts.prefix,
+        limits: opts.history,
+        channelOf: (topic) => broker.channelOf(topic),
+        origin: broker.everyInstance,
+        topicOf
+      }),
+    idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs),
+    sessionCounts: new RedisSessionCounts(connections.command, opts.prefix, opts.instanceId, SESSION_COUNT_PERIOD_MS),
     redis: connections.command,
     prefix: opts.prefix,
     start () {

@@ -139,11 +139,21 @@ export class RedisBroker implements Broker {
     }
   }
 
-  async publish (topic: string, payload: Buffer): Promise<void> {
+  async publish (topic: string, payload: Buffer): Promise<number> {
     const message = Buffer.allocUnsafe(this.#origin.length + payload.length)
     this.#origin.copy(message, 0)
     payload.copy(message, this.#origin.length)
-    await this.#command.publish(this.#prefix + topic, message)
+    return await this.#command.publish(this.#prefix + topic, message)
+  }
+
+  /** The channel of a topic (for messages published by a script). */
+  channelOf (topic: string): string {
+    return this.#prefix + topic
+  }
+
+  /** An origin no instance skips: the message reaches this one too. */
+  get everyInstance (): Buffer {
+    return Buffer.alloc(this.#origin.length, '*')
   }
 
   /** Readiness probe: a round trip on the command connection. */

@@ -1,6 +1,12 @@
-import type { Log } from '../lib/log.js'
+import type { Alert, Gap, Positions, Resumed, Welcome } from '../../protocol/frames.js'
+import { formatPosition, parsePosition, type Position, type StreamName } from '../../protocol/position.js'
 import { ALL_TOPIC, userOfTopic, userTopic, type Broker } from '../cluster/broker.js'
+import { readHistoryMessage, type HistoryEntry, type HistoryStore, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
+import type { SessionCounts } from '../cluster/session-counts.js'
+import type { Log } from '../lib/log.js'
+import type { Session } from '../session/session.js'
 import type { SessionRegistry } from '../session/session-registry.js'
+import { StreamFollow } from './stream-follow.js'
 
 /** An event for one user's sessions, other than an alert. */
 export type ControlEvent =
@@ -9,14 +15,63 @@ export type ControlEvent =
   /** The user logged out at `before` (epoch seconds): close every session it revokes. */
   | { type: 'logout', before: number }
 
+/** Where an alert goes (the `target` of POST /alerts). */
+export type Target = { all: true } | { userId: string } | { userIds: string[] }
+
+export interface PublishResult {
+  /** Sessions it was handed to (see the contract of POST /alerts). */
+  delivered: number
+  /** Where a single-stream alert landed, when history is on. */
+  stream?: StreamName
+  pos?: string
+}
+
+/** What a session read from history before it registers (see resume()). */
+export interface ResumePlan {
+  /** The client asked to resume (`since_all` or `since_user`). */
+  asked: boolean
+  /** Null when history is off. */
+  all: StreamPlan | null
+  user: StreamPlan | null
+}
+
+interface StreamPlan {
+  epoch: string
+  top: number
+  replay: HistoryEntry[]
+  recovered: boolean
+}
+
+export interface DeliveryMetrics {
+  published: (target: 'all' | 'user' | 'users') => void
+  resumed: (recovered: boolean, replayed: number) => void
+  caughtUp: (result: 'caught_up' | 'gap') => void
+}
+
+const NO_METRICS: DeliveryMetrics = { published () {}, resumed () {}, caughtUp () {} }
+
 const ALERT = 0x41 // 'A'
 const CLAIM = 0x43 // 'C'
 const LOGOUT = 0x4c // 'L'
+
+/** Frames kept per followed stream for sessions that register just after them. */
+const RING_ALL = 256
+const RING_USER = 8
+/** Position given when history is off. */
+const NO_POSITION = 'none:0'
+/** The alerts of a resumed stream: frames with `"replay":true`. */
+const REPLAY_TAIL = Buffer.from(',"replay":true}')
+/** How often the session counts of the other instances are refreshed. */
+const COUNT_PERIOD_MS = 5000
 
 export interface DeliveryOptions {
   broker: Broker
   sessions: SessionRegistry
   log: Log
+  /** Null or absent: history off. */
+  history?: HistoryStore | null
+  sessionCounts?: SessionCounts
+  metrics?: DeliveryMetrics
 }
 
 function encode (type: number, payload: Buffer): Buffer {
@@ -26,11 +81,22 @@ function encode (type: number, payload: Buffer): Buffer {
   return message
 }
 
+function replayFrame (frame: Buffer): Buffer {
+  return Buffer.concat([frame.subarray(0, frame.length - 1), REPLAY_TAIL])
+}
+
 /**
  * The one owner of delivery: every alert and every user event goes to this
  * instance's sessions and, through the broker, to the other instances, and
  * what they publish comes back in here. Callers never talk to the broker.
  * It also keeps the one count of who watches a user's topic here.
+ *
+ * With history on, an alert is appended to its stream's history and handed
+ * to every instance following the stream, this one included, in one step;
+ * each instance delivers a stream's alerts in position order, catches up
+ * from history what an interrupted subscription missed, and says `gap` for
+ * what history no longer has. With history off, an alert goes to the local
+ * sessions at once and to the other instances through the broker.
  *
  * On the wire (the broker's payload) an event is one type byte and its
  * payload: alert frames travel encoded and are written to sockets as
@@ -40,13 +106,28 @@ export class Delivery {
   readonly #broker: Broker
   readonly #sessions: SessionRegistry
   readonly #log: Log
-  readonly #watched = new Map<string, { refs: number, ready: Promise<void> }>()
+  readonly #history: HistoryStore | null
+  readonly #counts: SessionCounts | null
+  readonly #metrics: DeliveryMetrics
+  readonly #watched = new Map<string, { refs: number, ready: Promise<void>, follow: StreamFollow | null }>()
+  readonly #all: StreamFollow | null
   #onControl: ((userId: string, event: ControlEvent) => void) | null = null
+  #others = 0
+  #countTimer: NodeJS.Timeout | null = null
 
   constructor (opts: DeliveryOptions) {
     this.#broker = opts.broker
     this.#sessions = opts.sessions
     this.#log = opts.log
+    this.#history = opts.history ?? null
+    this.#counts = opts.sessionCounts ?? null
+    this.#metrics = opts.metrics ?? NO_METRICS
+    this.#all = this.#follow(null)
+  }
+
+  /** Whether alerts carry positions and sessions can resume. */
+  get history (): boolean {
+    return this.#history !== null
   }
 
   /** Where claims and logouts go, local or from other instances. */
@@ -56,24 +137,85 @@ export class Delivery {
 
   /** Subscribes to broadcasts (in place again after every reconnect). */
   start (onConnectedChange: (connected: boolean) => void): void {
-    this.#broker.setHandlers({ onMessage: (topic, message) => this.#receive(topic, message), onConnectedChange })
+    this.#broker.setHandlers({
+      onMessage: (topic, message) => this.#receive(topic, message),
+      onConnectedChange: (connected) => {
+        onConnectedChange(connected)
+        // Subscribed again: read what went by meanwhile.
+        if (connected) this.#catchUpAll()
+      }
+    })
     this.#broker.subscribe(ALL_TOPIC).catch((err: Error) => {
       this.#log.debug({ err: err.message }, 'broadcast subscription waits for the bus')
     })
+    if (this.#counts !== null) {
+      this.#reportCount()
+      this.#countTimer = setInterval(() => this.#reportCount(), COUNT_PERIOD_MS)
+      this.#countTimer.unref()
+    }
   }
 
-  /** To every session of the cluster; resolves to the local sessions written. */
+  stop (): void {
+    if (this.#countTimer !== null) clearInterval(this.#countTimer)
+    this.#countTimer = null
+    this.#all?.close()
+  }
+
+  /** Publishes an alert to its target; see PublishResult. */
+  async publish (target: Target, alert: Alert): Promise<PublishResult> {
+    if ('all' in target) {
+      this.#metrics.published('all')
+      if (this.#history === null) return { delivered: await this.broadcast(Buffer.from(JSON.stringify(alert))) + this.#others }
+      const local = this.#sessions.writableOf(null)
+      const { epoch, seq } = await this.#history.append(null, ...this.#parts(alert, 'all'))
+      return { delivered: local + this.#others, stream: 'all', pos: formatPosition(epoch, seq) }
+    }
+    if ('userId' in target) {
+      this.#metrics.published('user')
+      return await this.#toUser(target.userId, alert, this.#history === null ? Buffer.from(JSON.stringify(alert)) : null)
+    }
+    this.#metrics.published('users')
+    const frame = this.#history === null ? Buffer.from(JSON.stringify(alert)) : null
+    const results = await Promise.all(target.userIds.map((userId) => this.#toUser(userId, alert, frame)))
+    let delivered = 0
+    for (const result of results) delivered += result.delivered
+    return { delivered }
+  }
+
+  /**
+   * To the user's stream; `delivered` counts the sessions here plus each
+   * other instance following the user (one session each).
+   */
+  async #toUser (userId: string, alert: Alert, frame: Buffer | null): Promise<PublishResult> {
+    if (frame !== null) return { delivered: await this.sendToUser(userId, frame) }
+    const watchedHere = this.#watched.has(userId) ? 1 : 0
+    const local = this.#sessions.writableOf(userId)
+    const { epoch, seq, receivers } = await (this.#history as HistoryStore).append(userId, ...this.#parts(alert, 'user'))
+    return { delivered: local + Math.max(0, receivers - watchedHere), stream: 'user', pos: formatPosition(epoch, seq) }
+  }
+
+  /** The alert's frame around its position: `head + pos + tail`. */
+  #parts (alert: Alert, stream: StreamName): [string, string] {
+    const json = JSON.stringify(alert)
+    return [`${json.slice(0, -1)},"stream":"${stream}","pos":"`, '"}']
+  }
+
+  /** Without history: to every session of the cluster; resolves to the local sessions written. */
   async broadcast (frame: Buffer): Promise<number> {
     const delivered = this.#sessions.broadcast(frame)
     await this.#broker.publish(ALL_TOPIC, encode(ALERT, frame))
     return delivered
   }
 
-  /** To every session of the user; resolves to the local sessions written. */
+  /**
+   * Without history: to every session of the user; resolves to the sessions
+   * written here plus each other instance following the user.
+   */
   async sendToUser (userId: string, frame: Buffer): Promise<number> {
-    const delivered = this.#sessions.sendToUser(userId, frame)
-    await this.#broker.publish(userTopic(userId), encode(ALERT, frame))
-    return delivered
+    const watchedHere = this.#watched.has(userId) ? 1 : 0
+    const local = this.#sessions.sendToUser(userId, frame)
+    const receivers = await this.#broker.publish(userTopic(userId), encode(ALERT, frame))
+    return local + Math.max(0, receivers - watchedHere)
   }
 
   /** Applies a claim or logout here, then on the instances watching the user. */
@@ -91,16 +233,13 @@ export class Delivery {
       await entry.ready
       return
     }
-    const created = { refs: 1, ready: this.#broker.subscribe(userTopic(userId)) }
+    const created = { refs: 1, ready: this.#broker.subscribe(userTopic(userId)), follow: this.#follow(userId) }
     this.#watched.set(userId, created)
     try {
       await created.ready
     } catch (err) {
       // Let the next watcher retry the subscription.
-      if (this.#watched.get(userId) === created) {
-        this.#watched.delete(userId)
-        this.#broker.unsubscribe(userTopic(userId))
-      }
+      if (this.#watched.get(userId) === created) this.#unwatched(userId, created)
       throw err
     }
   }
@@ -109,7 +248,12 @@ export class Delivery {
     const entry = this.#watched.get(userId)
     if (entry === undefined) return
     if (--entry.refs > 0) return
+    this.#unwatched(userId, entry)
+  }
+
+  #unwatched (userId: string, entry: { follow: StreamFollow | null }): void {
     this.#watched.delete(userId)
+    entry.follow?.close()
     this.#broker.unsubscribe(userTopic(userId))
   }
 
@@ -118,8 +262,133 @@ export class Delivery {
     return this.#watched.has(userId)
   }
 
+  /**
+   * Before a session of `userId` registers (its user watched): reads the
+   * head of both streams and, for each `since` position given, what came
+   * after it. Positions are well-formed; one this server never wrote counts
+   * as unknown.
+   */
+  async resume (userId: string, since: { all?: string, user?: string }): Promise<ResumePlan> {
+    const asked = since.all !== undefined || since.user !== undefined
+    if (this.#history === null) return { asked, all: null, user: null }
+    const [all, user] = await Promise.all([this.#plan(null, since.all), this.#plan(userId, since.user)])
+    return { asked, all, user }
+  }
+
+  async #plan (owner: StreamOwner, since: string | undefined): Promise<StreamPlan> {
+    const history = this.#history as HistoryStore
+    if (since === undefined) {
+      const read = await history.read(owner, null)
+      return { epoch: read.epoch, top: read.top, replay: [], recovered: true }
+    }
+    // Unknown positions read as another epoch: the newest entries, not recovered.
+    const from: Position = parsePosition(since) ?? { epoch: '-', seq: 0 }
+    const read: StreamRead = await history.read(owner, from)
+    const recovered = from.epoch === read.epoch && from.seq <= read.top && read.entries.length === read.top - from.seq
+    return { epoch: read.epoch, top: read.top, replay: read.entries, recovered }
+  }
+
+  /**
+   * Registers a session after its upgrade: writes `welcome` (with the
+   * streams' heads), then the replayed alerts and `resumed` when the client
+   * asked, then the alerts that reached this instance since the plan was
+   * read; from then on the session gets live alerts, none twice.
+   */
+  attach (session: Session, plan: ResumePlan, welcome: Welcome): void {
+    const { all, user } = plan
+    if (all !== null && user !== null) welcome.pos = { all: formatPosition(all.epoch, all.top), user: formatPosition(user.epoch, user.top) }
+    this.#sessions.send(session, Buffer.from(JSON.stringify(welcome)))
+    if (all === null || user === null) {
+      if (plan.asked) {
+        this.#metrics.resumed(false, 0)
+        this.#sendFrame(session, { type: 'resumed', recovered: false, replayed: 0, pos: { all: NO_POSITION, user: NO_POSITION } })
+      }
+      this.#sessions.add(session)
+      return
+    }
+    if (plan.asked) {
+      let replayed = 0
+      for (const stream of [all, user]) {
+        for (const entry of stream.replay) {
+          if (this.#sessions.send(session, replayFrame(entry.frame))) replayed++
+        }
+      }
+      const resumed: Resumed = { type: 'resumed', recovered: all.recovered && user.recovered, replayed, pos: welcome.pos as Positions }
+      this.#metrics.resumed(resumed.recovered, replayed)
+      this.#sendFrame(session, resumed)
+    }
+    session.floorAll = this.#fill(session, this.#all as StreamFollow, all, 'all')
+    const follow = this.#watched.get(session.userId)?.follow
+    session.floorUser = follow === undefined || follow === null ? user.top : this.#fill(session, follow, user, 'user')
+    this.#sessions.add(session)
+  }
+
+  /** Writes what the follow delivered after the plan; returns the session's floor. */
+  #fill (session: Session, follow: StreamFollow, plan: StreamPlan, stream: StreamName): number {
+    const missed = follow.since(plan.epoch, plan.top)
+    if (missed === null) {
+      // More went by during the handshake than is kept at hand: say so.
+      this.#sendGap(session, [stream])
+      return follow.seq
+    }
+    for (const entry of missed) this.#sessions.send(session, entry.frame)
+    return follow.epoch === plan.epoch ? Math.max(plan.top, follow.seq) : plan.top
+  }
+
+  #follow (owner: StreamOwner): StreamFollow | null {
+    const history = this.#history
+    if (history === null) return null
+    return new StreamFollow(owner === null ? RING_ALL : RING_USER, {
+      read: (from) => history.read(owner, from),
+      deliver: owner === null
+        ? (seq, frame) => { this.#sessions.broadcast(frame, seq) }
+        : (seq, frame) => { this.#sessions.sendToUser(owner, frame, seq) },
+      resetFloors: () => this.#sessions.resetFloors(owner),
+      gap: () => {
+        const sessions = owner === null ? this.#sessions.list() : this.#sessions.sessionsOf(owner)
+        for (const session of [...sessions]) this.#sendGap(session, [owner === null ? 'all' : 'user'])
+      },
+      caughtUp: (result) => this.#metrics.caughtUp(result),
+      log: this.#log
+    })
+  }
+
+  #sendGap (session: Session, streams: StreamName[]): void {
+    const user = this.#watched.get(session.userId)?.follow
+    const gap: Gap = {
+      type: 'gap',
+      streams,
+      pos: { all: (this.#all as StreamFollow).position, user: user?.position ?? NO_POSITION }
+    }
+    this.#sendFrame(session, gap)
+  }
+
+  #sendFrame (session: Session, frame: Gap | Resumed): void {
+    this.#sessions.send(session, Buffer.from(JSON.stringify(frame)))
+  }
+
+  #catchUpAll (): void {
+    this.#all?.catchUp()
+    for (const entry of this.#watched.values()) entry.follow?.catchUp()
+  }
+
+  #reportCount (): void {
+    (this.#counts as SessionCounts).report(this.#sessions.size).then((others) => { this.#others = others }, (err: Error) => {
+      this.#log.debug({ err: err.message }, 'session count not reported')
+    })
+  }
+
   #receive (topic: string, message: Buffer): void {
     const type = message[0]
+    const history = readHistoryMessage(message)
+    if (history !== null) {
+      const follow = topic === ALL_TOPIC ? this.#all : this.#watched.get(userOfTopic(topic))?.follow
+      // Not followed here (any more): nothing to deliver to.
+      if (follow === undefined || follow === null) return
+      const pos = parsePosition(history.pos)
+      if (pos !== null) follow.receive(pos.epoch, pos.seq, history.frame)
+      return
+    }
     const payload = message.subarray(1)
     if (topic === ALL_TOPIC) {
       if (type === ALERT) this.#sessions.broadcast(payload)
@@ -128,6 +397,6 @@ export class Delivery {
     const userId = userOfTopic(topic)
     if (type === ALERT) this.#sessions.sendToUser(userId, payload)
     else if (type === CLAIM) this.#onControl?.(userId, { type: 'claim', generation: Number(payload.toString()) })
-    else this.#onControl?.(userId, { type: 'logout', before: Number(payload.toString()) })
+    else if (type === LOGOUT) this.#onControl?.(userId, { type: 'logout', before: Number(payload.toString()) })
   }
 }

@@ -3,9 +3,17 @@ import { SeveritySchema } from '../../protocol/frames.js'
 
 /** The HTTP contract of POST /alerts: its body and its 202 answer. */
 
+const UserIdSchema = Type.String({ minLength: 1, maxLength: 256 })
+
+/** Most users one alert may name (`target.userIds`). */
+export const MAX_USER_IDS = 1000
+
 export const AlertTargetSchema = Type.Union([
   Type.Object({ all: Type.Literal(true) }, { additionalProperties: false }),
-  Type.Object({ userId: Type.String({ minLength: 1, maxLength: 256 }) }, { additionalProperties: false })
+  Type.Object({ userId: UserIdSchema }, { additionalProperties: false }),
+  Type.Object({
+    userIds: Type.Array(UserIdSchema, { minItems: 1, maxItems: MAX_USER_IDS, uniqueItems: true })
+  }, { additionalProperties: false })
 ])
 
 /** Deepest accepted `data` of POST /alerts: `data` is level 1, each object or array in it one more. */
@@ -46,5 +54,11 @@ export type PublishAlert = Static<typeof PublishAlertSchema>
 
 export const PublishResultSchema = Type.Object({
   id: Type.String(),
-  delivered: Type.Integer({ minimum: 0 })
+  delivered: Type.Integer({ minimum: 0 }),
+  stream: Type.Optional(Type.Union([Type.Literal('all'), Type.Literal('user')])),
+  pos: Type.Optional(Type.String())
 })
+export type PublishResult = Static<typeof PublishResultSchema>
+
+/** `Idempotency-Key`: 1 to 255 visible ASCII characters. */
+export const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/

@@ -17,6 +17,11 @@ export const ShuttingDownError = createError('WS_SHUTTING_DOWN', 'server shuttin
 export const BusUnavailableError = createError('WS_BUS_UNAVAILABLE', 'message bus unavailable', 503)
 export const OverloadedError = createError('WS_OVERLOADED', 'too many pending handshakes', 503)
 
+// 400 and 422: a request the gateway cannot take as sent.
+export const BadPositionError = createError('WS_BAD_POSITION', '%s is not a stream position', 400)
+export const BadIdempotencyKeyError = createError('WS_BAD_IDEMPOTENCY_KEY', 'Idempotency-Key must be 1 to 255 visible ASCII characters', 400)
+export const IdempotencyConflictError = createError('WS_IDEMPOTENCY_CONFLICT', 'Idempotency-Key was used with another body', 422)
+
 // The upgrade itself.
 export const IpLimitError = createError('WS_IP_LIMIT', 'too many connections from this address', 429)
 export const NotWebSocketError = createError('WS_UPGRADE_REQUIRED', 'use a WebSocket upgrade on this path', 426)

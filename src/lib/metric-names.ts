@@ -7,8 +7,21 @@ export const MetricName = {
   MESSAGES_REJECTED: 'ws_messages_rejected_total',
   CONNECTION_DURATION: 'ws_connection_duration_seconds',
   BUS_CONNECTED: 'ws_bus_connected',
-  CONNECTION_SPIKE: 'ws_connection_spike'
+  CONNECTION_SPIKE: 'ws_connection_spike',
+  ALERTS_PUBLISHED: 'ws_alerts_published_total',
+  IDEMPOTENT_REPLAYS: 'ws_publish_idempotent_replays_total',
+  RESUME: 'ws_resume_total',
+  HISTORY_REPLAYED: 'ws_history_replayed_total',
+  BUS_CATCHUP: 'ws_bus_catchup_total',
+  BUS_PROBE_FAILURES: 'ws_bus_probe_failures_total'
 } as const
+
+/** `target` label of ws_alerts_published_total. */
+export const PUBLISH_TARGETS = ['all', 'user', 'users'] as const
+/** `result` label of ws_resume_total. */
+export const RESUME_RESULTS = ['recovered', 'gap'] as const
+/** `result` label of ws_bus_catchup_total. */
+export const CATCHUP_RESULTS = ['caught_up', 'gap'] as const
 
 /** `result` label of ws_connections_total. */
 export type ConnectionResult =

@@ -8,6 +8,8 @@ import type { Session } from './session.js'
 import type { Log } from '../lib/log.js'
 
 const WHEEL_RESOLUTION_MS = 100
+/** The position of an alert without history: above every floor. */
+const NO_SEQ = Number.POSITIVE_INFINITY
 
 export interface SessionRegistryOptions {
   ws: GatewayConfig['ws']
@@ -29,8 +31,9 @@ export class SessionRegistry {
   readonly #heartbeat: Heartbeat<Session>
   readonly #wheel: DeadlineWheel<Session>
   readonly #reauthFrame: Buffer
-  /** Broadcast frames accepted but not yet written (see broadcast()). */
+  /** Broadcast frames accepted but not yet written (see broadcast()), and their positions. */
   readonly #pending: Buffer[] = []
+  readonly #pendingSeqs: number[] = []
 
   constructor (opts: SessionRegistryOptions) {
     this.#ws = opts.ws
@@ -58,6 +61,30 @@ export class SessionRegistry {
 
   sessionsOf (userId: string): readonly Session[] {
     return this.#byUser.get(userId) ?? []
+  }
+
+  /** Sessions (of the user, or all) that a frame would be written to now. */
+  writableOf (userId: string | null): number {
+    const sessions = userId === null ? this.#list : this.sessionsOf(userId)
+    const cap = this.#ws.sendBufferMaxBytes
+    let count = 0
+    for (let i = 0; i < sessions.length; i++) {
+      if (sessions[i].open && sessions[i].socket.bufferedAmount <= cap) count++
+    }
+    return count
+  }
+
+  list (): readonly Session[] {
+    return this.#list
+  }
+
+  /** A stream's epoch changed: the floors (positions of the old epoch) no longer apply. */
+  resetFloors (userId: string | null): void {
+    if (userId === null) {
+      for (const session of this.#list) session.floorAll = 0
+    } else {
+      for (const session of this.sessionsOf(userId)) session.floorUser = 0
+    }
   }
 
   add (session: Session): void {
@@ -116,10 +143,11 @@ export class SessionRegistry {
     return true
   }
 
-  /** Writes an encoded frame to one session. */
+  /** Writes an encoded frame to one session (counted in ws_messages_sent_total). */
   send (session: Session, frame: Buffer): boolean {
     if (!this.#writable(session)) return false
     session.socket.send(frame, { binary: false })
+    this.#metrics.messagesSent.inc()
     return true
   }
 
@@ -131,7 +159,7 @@ export class SessionRegistry {
    * one per alert, and the write is most of a delivery's cost. Publishing
    * stays cheap while a batch goes out, so batches grow under load.
    */
-  broadcast (frame: Buffer): number {
+  broadcast (frame: Buffer, seq = NO_SEQ): number {
     let delivered = 0
     // A slow consumer's close does not remove it synchronously, so plain
     // iteration over the live array is safe.
@@ -140,6 +168,7 @@ export class SessionRegistry {
     }
     if (delivered === 0) return 0
     this.#pending.push(frame)
+    this.#pendingSeqs.push(seq)
     if (this.#pending.length === 1) setImmediate(this.#flush)
     this.#metrics.messagesSent.inc(delivered)
     return delivered
@@ -153,25 +182,33 @@ export class SessionRegistry {
   readonly #flush = (): void => {
     if (this.#pending.length === 0) return
     const frames = this.#pending.splice(0)
+    const seqs = this.#pendingSeqs.splice(0)
+    const last = seqs[seqs.length - 1]
     for (let i = 0; i < this.#list.length; i++) {
       const session = this.#list[i]
       // Closed since (a close frame is never followed by data).
       if (!session.open) continue
       session.transport?.cork()
-      for (let f = 0; f < frames.length; f++) session.socket.send(frames[f], { binary: false })
+      if (session.floorAll < seqs[0]) {
+        for (let f = 0; f < frames.length; f++) session.socket.send(frames[f], { binary: false })
+      } else if (session.floorAll < last) {
+        // Resumed past some of them: write only the newer ones.
+        for (let f = 0; f < frames.length; f++) {
+          if (seqs[f] > session.floorAll) session.socket.send(frames[f], { binary: false })
+        }
+      }
       session.transport?.uncork()
     }
   }
 
-  sendToUser (userId: string, frame: Buffer): number {
+  sendToUser (userId: string, frame: Buffer, seq = NO_SEQ): number {
     const mine = this.#byUser.get(userId)
     if (mine === undefined) return 0
     this.#flush()
     let delivered = 0
     for (const session of mine) {
-      if (this.send(session, frame)) delivered++
+      if (session.floorUser < seq && this.send(session, frame)) delivered++
     }
-    if (delivered > 0) this.#metrics.messagesSent.inc(delivered)
     return delivered
   }
 
@@ -220,7 +257,7 @@ export class SessionRegistry {
       }
     } else if (now >= session.authAtMs + this.#ws.reauthIntervalMs) {
       session.reauthDeadlineMs = now + this.#ws.reauthGraceMs
-      if (this.send(session, this.#reauthFrame)) this.#metrics.messagesSent.inc()
+      this.send(session, this.#reauthFrame)
     }
     this.reschedule(session)
   }

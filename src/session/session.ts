@@ -43,6 +43,13 @@ export class Session {
   // Message rate: a token bucket refilled at the configured rate.
   tokens: number
   tokensAt: number
+  /**
+   * Positions (sequence numbers in the stream's current epoch) up to which
+   * the session already has the alerts of each stream, from its resume:
+   * live alerts at or below them are not written again.
+   */
+  floorAll = 0
+  floorUser = 0
   /** Times of recent malformed messages, allocated on the first one. */
   malformed: number[] | null = null
 

@@ -192,7 +192,7 @@ t.test('a valid token gets a welcome with userId, connectionId, heartbeatMs, rea
     reauthMs: 67890,
     maxMessageBytes: 4096
   })
-  t.same(Object.keys(welcome).sort(), ['connectionId', 'heartbeatMs', 'maxMessageBytes', 'reauthMs', 'type', 'userId'])
+  t.same(Object.keys(welcome).sort(), ['connectionId', 'heartbeatMs', 'maxMessageBytes', 'pos', 'reauthMs', 'type', 'userId'])
   await client.close()
 
   const { client: again, welcome: second } = await TestClient.connect(wsUrl, { token: userToken(sub) })

@@ -16,7 +16,7 @@ class RecordingBroker implements Broker {
 
   async ping (): Promise<boolean> { return true }
   setHandlers (handlers: BrokerHandlers): void { this.handlers = handlers }
-  async publish (topic: string, message: Buffer): Promise<void> { this.published.push([topic, message.toString()]) }
+  async publish (topic: string, message: Buffer): Promise<number> { this.published.push([topic, message.toString()]); return 0 }
   async subscribe (topic: string): Promise<void> {
     this.subscribed.push(topic)
     await new Promise((resolve) => setImmediate(resolve))

@@ -1,0 +1,112 @@
+import type { Redis } from 'ioredis'
+
+/**
+ * What is known of an idempotency key: nothing yet (the caller now owns it
+ * and publishes), a publish in progress elsewhere, or its answer.
+ */
+export type KeyState =
+  | { state: 'new' }
+  | { state: 'pending', fingerprint: string }
+  | { state: 'done', fingerprint: string, answer: string }
+
+/**
+ * Idempotency keys of POST /alerts, scoped by the publishing service. A key
+ * is taken (`begin`) before publishing, then completed with the answer, or
+ * abandoned when the publish failed so that a retry may publish.
+ */
+export interface IdempotencyStore {
+  begin (scope: string, key: string, fingerprint: string): Promise<KeyState>
+  complete (scope: string, key: string, fingerprint: string, answer: string): Promise<void>
+  abandon (scope: string, key: string): Promise<void>
+}
+
+/**
+ * How long a taken key waits for its answer. A publish that takes longer
+ * than this (its instance died mid-publish) lets a retry publish again.
+ */
+export const PENDING_TTL_MS = 30_000
+
+const PENDING = 'P'
+const DONE = 'D'
+
+function decode (value: string): KeyState {
+  const newline = value.indexOf('\n')
+  if (value[0] === DONE && newline !== -1) return { state: 'done', fingerprint: value.slice(1, newline), answer: value.slice(newline + 1) }
+  return { state: 'pending', fingerprint: value.slice(1) }
+}
+
+interface Entry {
+  value: string
+  expiresAt: number
+}
+
+/** One instance: a map, swept of expired keys as it grows. */
+export class MemoryIdempotencyStore implements IdempotencyStore {
+  readonly #keys = new Map<string, Entry>()
+  readonly #windowMs: number
+  #sweepAt = 1024
+
+  constructor (windowMs: number) {
+    this.#windowMs = windowMs
+  }
+
+  async begin (scope: string, key: string, fingerprint: string): Promise<KeyState> {
+    const now = Date.now()
+    const id = `${scope}\n${key}`
+    const entry = this.#keys.get(id)
+    if (entry !== undefined && entry.expiresAt > now) return decode(entry.value)
+    this.#set(id, PENDING + fingerprint, now + PENDING_TTL_MS)
+    return { state: 'new' }
+  }
+
+  async complete (scope: string, key: string, fingerprint: string, answer: string): Promise<void> {
+    this.#set(`${scope}\n${key}`, `${DONE}${fingerprint}\n${answer}`, Date.now() + this.#windowMs)
+  }
+
+  async abandon (scope: string, key: string): Promise<void> {
+    this.#keys.delete(`${scope}\n${key}`)
+  }
+
+  #set (id: string, value: string, expiresAt: number): void {
+    this.#keys.set(id, { value, expiresAt })
+    if (this.#keys.size < this.#sweepAt) return
+    const now = Date.now()
+    for (const [k, entry] of this.#keys) if (entry.expiresAt <= now) this.#keys.delete(k)
+    this.#sweepAt = Math.max(1024, this.#keys.size * 2)
+  }
+}
+
+/** `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer for the window. */
+export class RedisIdempotencyStore implements IdempotencyStore {
+  readonly #redis: Redis
+  readonly #prefix: string
+  readonly #windowMs: number
+
+  constructor (redis: Redis, prefix: string, windowMs: number) {
+    this.#redis = redis
+    this.#prefix = prefix
+    this.#windowMs = windowMs
+  }
+
+  #key (scope: string, key: string): string {
+    return `${this.#prefix}idem:{${scope}}:${key}`
+  }
+
+  async begin (scope: string, key: string, fingerprint: string): Promise<KeyState> {
+    const id = this.#key(scope, key)
+    for (;;) {
+      if (await this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX') === 'OK') return { state: 'new' }
+      const value = await this.#redis.get(id)
+      // Expired between the two commands: try to take it again.
+      if (value !== null) return decode(value)
+    }
+  }
+
+  async complete (scope: string, key: string, fingerprint: string, answer: string): Promise<void> {
+    await this.#redis.set(this.#key(scope, key), `${DONE}${fingerprint}\n${answer}`, 'PX', this.#windowMs)
+  }
+
+  async abandon (scope: string, key: string): Promise<void> {
+    await this.#redis.del(this.#key(scope, key))
+  }
+}

@@ -1,0 +1,150 @@
+import type { Redis } from 'ioredis'
+import type { Position } from '../../protocol/position.js'
+import { taggedKey } from './user-key.js'
+import {
+  STREAM_META_TTL_MS, newEpoch,
+  type AppendResult, type HistoryEntry, type HistoryLimits, type HistoryStore, type StreamOwner, type StreamRead
+} from './history-store.js'
+
+/**
+ * KEYS: stream, meta. ARGV: epoch if the stream has none, max entries,
+ * retention (ms), meta ttl (ms), now (ms), channel, message prefix, frame
+ * head, frame tail.
+ *
+ * The meta hash holds the epoch (`e`) and the top sequence number (`s`). A
+ * missing meta means the history is gone (never written, expired, or lost by
+ * a Redis without persistence): a new epoch starts and any stray entries go.
+ * Entry ids are `<seq>-0`, so positions map to ids without a lookup.
+ */
+const APPEND = `
+local e = redis.call('HGET', KEYS[2], 'e')
+if not e then
+  redis.call('DEL', KEYS[1])
+  e = ARGV[1]
+  redis.call('HSET', KEYS[2], 'e', e)
+end
+local s = redis.call('HINCRBY', KEYS[2], 's', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local pos = e .. ':' .. s
+local frame = ARGV[8] .. pos .. ARGV[9]
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local n = redis.call('PUBLISH', ARGV[6], ARGV[7] .. pos .. ' ' .. frame)
+return {e, s, n}
+`
+
+/**
+ * KEYS: stream, meta. ARGV: epoch if the stream has none, the asked epoch
+ * ('' for the head only), after seq, max entries, oldest ts kept (ms), meta
+ * ttl (ms). Returns epoch, top, then seq and frame of each entry, oldest
+ * first.
+ */
+const READ = `
+local e = redis.call('HGET', KEYS[2], 'e')
+if not e then
+  redis.call('DEL', KEYS[1])
+  e = ARGV[1]
+  redis.call('HSET', KEYS[2], 'e', e, 's', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  return {e, 0}
+end
+local top = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
+local out = {e, top}
+if ARGV[2] == '' then return out end
+local after = 0
+if ARGV[2] == e then after = tonumber(ARGV[3]) end
+if after >= top then return out end
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '(' .. after .. '-0', 'COUNT', ARGV[4])
+local oldest = tonumber(ARGV[5])
+for i = #entries, 1, -1 do
+  local fields = entries[i][2]
+  if tonumber(fields[4]) >= oldest then
+    out[#out + 1] = entries[i][1]
+    out[#out + 1] = fields[2]
+  end
+end
+return out
+`
+
+type AppendReply = [Buffer, number, number]
+type ReadReply = [Buffer, number, ...Buffer[]]
+
+interface HistoryCommands {
+  gwHistoryAppendBuffer: (stream: string, meta: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
+  gwHistoryReadBuffer: (stream: string, meta: string, ...args: Array<string | number>) => Promise<ReadReply>
+}
+
+export interface RedisHistoryStoreOptions {
+  redis: Redis
+  prefix: string
+  limits: HistoryLimits
+  /** The channel a topic is published on. */
+  channelOf: (topic: string) => string
+  /** Prepended to every message: an origin no instance skips. */
+  origin: Buffer
+  topicOf: (owner: StreamOwner) => string
+}
+
+/**
+ * History in Redis Streams: `<prefix>hist:{<userId>}` per user and
+ * `<prefix>all-hist:{all}` for broadcasts, each next to its meta hash in the
+ * same hash slot (ready for Redis Cluster). Trimmed to the newest entries by
+ * count at every append, expired with the retention when a stream goes
+ * quiet, and filtered by age when read. The epoch and top live in the meta
+ * hash for a month after the last alert.
+ */
+export class RedisHistoryStore implements HistoryStore {
+  readonly #redis: Redis & HistoryCommands
+  readonly #limits: HistoryLimits
+  readonly #userStream: (id: string) => string
+  readonly #userMeta: (id: string) => string
+  readonly #allStream: string
+  readonly #allMeta: string
+  readonly #channelOf: (topic: string) => string
+  readonly #topicOf: (owner: StreamOwner) => string
+  readonly #prefixHead: Buffer
+
+  constructor (opts: RedisHistoryStoreOptions) {
+    const redis = opts.redis as Redis & Partial<HistoryCommands>
+    if (redis.gwHistoryAppendBuffer === undefined) {
+      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 2, lua: APPEND })
+      redis.defineCommand('gwHistoryRead', { numberOfKeys: 2, lua: READ })
+    }
+    this.#redis = redis as Redis & HistoryCommands
+    this.#limits = opts.limits
+    this.#userStream = taggedKey(opts.prefix, 'hist')
+    this.#userMeta = taggedKey(opts.prefix, 'hmeta')
+    this.#allStream = `${opts.prefix}all-hist:{all}`
+    this.#allMeta = `${opts.prefix}all-hmeta:{all}`
+    this.#channelOf = opts.channelOf
+    this.#topicOf = opts.topicOf
+    this.#prefixHead = Buffer.concat([opts.origin, Buffer.from('H')])
+  }
+
+  async append (owner: StreamOwner, head: string, tail: string): Promise<AppendResult> {
+    const [stream, meta] = this.#keys(owner)
+    const [epoch, seq, receivers] = await this.#redis.gwHistoryAppendBuffer(
+      stream, meta, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
+      Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail
+    )
+    return { epoch: epoch.toString('latin1'), seq, receivers }
+  }
+
+  async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
+    const [stream, meta] = this.#keys(owner)
+    const reply = await this.#redis.gwHistoryReadBuffer(
+      stream, meta, newEpoch(), from === null ? '' : from.epoch, from === null ? 0 : from.seq,
+      this.#limits.maxEntries, Date.now() - this.#limits.retentionMs, STREAM_META_TTL_MS
+    )
+    const entries: HistoryEntry[] = []
+    for (let i = 2; i < reply.length; i += 2) {
+      // Entry ids are `<seq>-0`.
+      entries.push({ seq: parseInt((reply[i] as Buffer).toString('latin1'), 10), frame: reply[i + 1] as Buffer })
+    }
+    return { epoch: reply[0].toString('latin1'), top: reply[1], entries }
+  }
+
+  #keys (owner: StreamOwner): [string, string] {
+    return owner === null ? [this.#allStream, this.#allMeta] : [this.#userStream(owner), this.#userMeta(owner)]
+  }
+}

@@ -1,0 +1,172 @@
+import { formatPosition, type Position } from '../../protocol/position.js'
+import type { HistoryEntry, StreamRead } from '../cluster/history-store.js'
+import type { Log } from '../lib/log.js'
+
+/** Live messages held while a catch-up reads; past this, history has them anyway. */
+const QUEUE_MAX = 10_000
+
+export interface FollowHooks {
+  /** History after `from` (see HistoryStore.read). */
+  read: (from: Position) => Promise<StreamRead>
+  /** Writes an alert of the stream to the local sessions following it. */
+  deliver: (seq: number, frame: Buffer) => void
+  /** The stream's epoch changed: positions of the old one mean nothing here any more. */
+  resetFloors: () => void
+  /** Alerts may be missing up to `pos`: tell the sessions following the stream. */
+  gap: (pos: string) => void
+  caughtUp: (result: 'caught_up' | 'gap') => void
+  log: Log
+}
+
+interface Queued {
+  epoch: string
+  seq: number
+  frame: Buffer
+}
+
+/**
+ * One stream as this instance follows it: the position of the last alert
+ * delivered here, and the newest frames (for a session that registers just
+ * after they went by). Live alerts arrive in position order; one that does
+ * not follow the last (the subscription was interrupted, the epoch changed)
+ * starts a catch-up: live alerts wait in a queue while the missed ones are
+ * read from history and delivered, then flow again. What history cannot give
+ * any more is announced as a gap, never skipped silently.
+ */
+export class StreamFollow {
+  epoch: string | null = null
+  seq = 0
+  readonly #ring: HistoryEntry[] = []
+  readonly #ringSize: number
+  readonly #hooks: FollowHooks
+  readonly #queue: Queued[] = []
+  #catching = false
+  #again = false
+  #closed = false
+
+  constructor (ringSize: number, hooks: FollowHooks) {
+    this.#ringSize = ringSize
+    this.#hooks = hooks
+  }
+
+  get position (): string {
+    return formatPosition(this.epoch ?? 'none', this.seq)
+  }
+
+  /** A live alert at `epoch:seq`. */
+  receive (epoch: string, seq: number, frame: Buffer): void {
+    if (this.#catching || this.#queue.length > 0 || !this.#accept(epoch, seq, frame)) {
+      this.#enqueue({ epoch, seq, frame })
+      this.catchUp()
+    }
+  }
+
+  /**
+   * Frames delivered here after `seq` (epoch `epoch`), for a session that
+   * read history up to `seq` and registers now; null when they are not all
+   * at hand any more.
+   */
+  since (epoch: string, seq: number): HistoryEntry[] | null {
+    if (this.epoch === null) {
+      // Nothing went by yet: start from what the session read.
+      this.epoch = epoch
+      this.seq = seq
+      return []
+    }
+    if (epoch !== this.epoch || this.seq <= seq) return []
+    const ring = this.#ring
+    if (ring.length === 0 || ring[0].seq > seq + 1) return null
+    const out: HistoryEntry[] = []
+    for (let i = 0; i < ring.length; i++) if (ring[i].seq > seq) out.push(ring[i])
+    return out
+  }
+
+  /** Reads what was missed since the last delivered alert; safe to call at any time. */
+  catchUp (): void {
+    if (this.epoch === null || this.#closed) return
+    if (this.#catching) {
+      this.#again = true
+      return
+    }
+    this.#catching = true
+    this.#run().catch((err: Error) => {
+      // The bus is down again: the next reconnect catches up.
+      this.#hooks.log.debug({ err: err.message }, 'catch-up interrupted')
+    }).finally(() => { this.#catching = false })
+  }
+
+  close (): void {
+    this.#closed = true
+    this.#queue.length = 0
+  }
+
+  async #run (): Promise<void> {
+    do {
+      this.#again = false
+      await this.#readMissed()
+      if (this.#closed) return
+      while (this.#queue.length > 0) {
+        const next = this.#queue[0]
+        if (!this.#accept(next.epoch, next.seq, next.frame)) {
+          this.#again = true
+          break
+        }
+        this.#queue.shift()
+      }
+    } while (this.#again && !this.#closed)
+  }
+
+  async #readMissed (): Promise<void> {
+    const read = await this.#hooks.read({ epoch: this.epoch as string, seq: this.seq })
+    if (this.#closed) return
+    let gap = false
+    if (read.epoch !== this.epoch) {
+      // History was lost (or the stream started over): what the old epoch
+      // had after our position cannot be known.
+      gap = true
+      this.epoch = read.epoch
+      this.seq = 0
+      this.#ring.length = 0
+      this.#hooks.resetFloors()
+    }
+    const first = read.entries.length > 0 ? read.entries[0].seq : read.top + 1
+    if (first > this.seq + 1) {
+      // Trimmed or expired before we could read it.
+      gap = true
+      this.seq = first - 1
+    }
+    if (gap) this.#hooks.gap(this.position)
+    for (const entry of read.entries) {
+      if (entry.seq > this.seq) this.#deliver(entry.seq, entry.frame)
+    }
+    this.#hooks.caughtUp(gap ? 'gap' : 'caught_up')
+  }
+
+  /** Delivers the alert if it is the next one; false when it needs a catch-up first. */
+  #accept (epoch: string, seq: number, frame: Buffer): boolean {
+    if (this.epoch === null) {
+      // First alert seen here: no session read before it, nothing was missed.
+      this.epoch = epoch
+      this.seq = seq - 1
+    }
+    if (epoch !== this.epoch || seq > this.seq + 1) return false
+    if (seq === this.seq + 1) this.#deliver(seq, frame)
+    return true
+  }
+
+  #deliver (seq: number, frame: Buffer): void {
+    this.seq = seq
+    this.#ring.push({ seq, frame })
+    if (this.#ring.length > this.#ringSize) this.#ring.shift()
+    this.#hooks.deliver(seq, frame)
+  }
+
+  #enqueue (message: Queued): void {
+    if (this.#queue.length >= QUEUE_MAX) {
+      // History holds them: drop the queue and read again.
+      this.#queue.length = 0
+      this.#again = true
+    }
+    this.#queue.push(message)
+  }
+}
