@@ -26,3 +26,11 @@ t.test('docker-compose.yml never runs development helpers with a configured key'
     for (const port of service.ports ?? []) t.match(port, /^127\.0\.0\.1:/, `${name}: published on loopback only`)
   }
 })
+
+t.test('docker-compose.yml runs Redis with AOF persistence, so history survives a Redis restart', async (t) => {
+  const redis = compose.services.redis as Service & { command?: string[], volumes?: string[] }
+  const command = (redis.command ?? []).join(' ')
+  t.match(command, /--appendonly yes/)
+  t.match(command, /--appendfsync (everysec|always)/)
+  t.ok((redis.volumes ?? []).some((v) => v.endsWith(':/data')), 'the AOF lives in a volume')
+})
