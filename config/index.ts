@@ -30,6 +30,8 @@ export interface GatewayConfig {
   jwt: JwtConfig
   revocationTtlSec: number
   redisUrl?: string
+  /** Each instance proves its subscription with a probe this often. */
+  busProbeIntervalMs: number
   allowedOrigins: Set<string> | null
   tls?: { certFile: string, keyFile: string }
   trustProxy: boolean | number | string[]
@@ -310,6 +312,7 @@ export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.
     jwt,
     revocationTtlSec: env.REVOCATION_TTL_SECONDS,
     redisUrl: env.REDIS_URL,
+    busProbeIntervalMs: env.BUS_PROBE_INTERVAL_MS,
     allowedOrigins: parseOrigins(env.ALLOWED_ORIGINS),
     tls: env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE !== undefined
       ? { certFile: env.TLS_CERT_FILE, keyFile: env.TLS_KEY_FILE }

@@ -57,6 +57,7 @@ export const EnvSchema = Type.Object({
   IP_SLOT_TTL_MS: Millis(90000, 1000),
   REST_RATE_LIMIT_PER_MINUTE: Type.Integer({ default: 600, minimum: 1 }),
   PUBLISH_RATE_LIMIT_PER_MINUTE: Type.Integer({ default: 60000, minimum: 1 }),
+  BUS_PROBE_INTERVAL_MS: Millis(2000, 100),
   HISTORY_RETENTION_MS: Millis(600000, 1000),
   HISTORY_MAX_ENTRIES: Type.Integer({ default: 300, minimum: 0, maximum: 10000 }),
   IDEMPOTENCY_WINDOW_MS: Millis(600000, 1000),

@@ -12,6 +12,8 @@ export interface ClusterOptions {
   history?: { maxEntries: number, retentionMs: number }
   /** Default: 10 minutes. */
   idempotencyWindowMs?: number
+  /** Subscription probe interval; default 2000 ms. */
+  probeIntervalMs?: number
 }
 
 /**
@@ -29,7 +31,8 @@ async function clusterPlugin (fastify: FastifyInstance, opts: ClusterOptions) {
     prefix: opts.prefix,
     log: fastify.log,
     history: opts.history ?? { maxEntries: 300, retentionMs: 600_000 },
-    idempotencyWindowMs: opts.idempotencyWindowMs ?? 600_000
+    idempotencyWindowMs: opts.idempotencyWindowMs ?? 600_000,
+    probeIntervalMs: opts.probeIntervalMs ?? 2000
   })
   fastify.decorate('instanceId', instanceId)
   fastify.decorate('cluster', cluster)

@@ -39,7 +39,8 @@ async function gatewayPlugin (fastify: FastifyInstance, opts: GatewayOptions) {
         metrics.resumes.inc({ result: recovered ? 'recovered' : 'gap' })
         metrics.historyReplayed.inc(replayed)
       },
-      caughtUp: (result) => metrics.busCatchups.inc({ result })
+      caughtUp: (result) => metrics.busCatchups.inc({ result }),
+      probeFailed: () => metrics.busProbeFailures.inc()
     }
   })
   const claims = new UserClaims({

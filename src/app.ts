@@ -55,7 +55,8 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
     redisUrl: config.redisUrl,
     prefix,
     history: config.history,
-    idempotencyWindowMs: config.idempotencyWindowMs
+    idempotencyWindowMs: config.idempotencyWindowMs,
+    probeIntervalMs: config.busProbeIntervalMs
   })
   await app.register(authPlugin, {
     jwt: config.jwt,

@@ -6,6 +6,8 @@ export interface BrokerHandlers {
   onMessage: (topic: string, message: Buffer) => void
   /** Connectivity changed (always up for the in-process broker). */
   onConnectedChange?: (connected: boolean) => void
+  /** A probe did not come back through the subscription in time. */
+  onProbeFailure?: () => void
 }
 
 /**

@@ -50,6 +50,8 @@ export interface ClusterOptions {
   /** maxEntries 0: no history. */
   history: HistoryLimits
   idempotencyWindowMs: number
+  /** Subscription probe interval (Redis); 0 or absent: no probes. */
+  probeIntervalMs?: number
 }
 
 const topicOf = (owner: string | null): string => owner === null ? ALL_TOPIC : userTopic(owner)
@@ -76,7 +78,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
     }
   }
   const connections = createRedisConnections(opts.redisUrl, opts.commandTimeoutMs)
-  const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log })
+  const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log, probeIntervalMs: opts.probeIntervalMs })
   return {
     broker,
     claims: new RedisClaimStore(connections.command, opts.prefix),
@@ -99,6 +101,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
       for (const client of [connections.command, connections.subscriber]) {
         client.connect().catch(() => { /* retried by ioredis; reported by the broker */ })
       }
+      broker.startProbes()
     },
     close: () => broker.close()
   }

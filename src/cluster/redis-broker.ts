@@ -13,7 +13,12 @@ export interface RedisBrokerOptions {
   /** Prefix of every channel, e.g. `gw:`: a topic `t` is channel `<prefix>t`. */
   prefix: string
   log: Log
+  /** How often the subscription is proven with a probe (0: never). */
+  probeIntervalMs?: number
 }
+
+/** Probes missed in a row before the subscription counts as broken. */
+const PROBES_MISSED_BROKEN = 2
 
 /**
  * The broker over Redis pub/sub: publishes on the command connection,
@@ -44,6 +49,15 @@ export class RedisBroker implements Broker {
   /** The subscriber is ready and every channel is subscribed again. */
   #subscribed = false
   #closing = false
+  // The probe: a message to this instance's own channel every interval.
+  readonly #probeChannel: string
+  readonly #probeIntervalMs: number
+  #probeTimer: NodeJS.Timeout | null = null
+  #probeSent = 0
+  #probeSeen = 0
+  #probesMissed = 0
+  /** The last probe came back (or none was due yet). */
+  #probeOk = true
 
   constructor (opts: RedisBrokerOptions) {
     this.#command = opts.connections.command
@@ -51,6 +65,10 @@ export class RedisBroker implements Broker {
     this.#origin = Buffer.from(opts.instanceId, 'latin1')
     this.#prefix = opts.prefix
     this.#log = opts.log
+    this.#probeIntervalMs = opts.probeIntervalMs ?? 0
+    this.#probeChannel = `${opts.prefix}probe:{${opts.instanceId}}`
+    // Restored after every reconnect with the other channels.
+    if (this.#probeIntervalMs > 0) this.#topics.add(`probe:{${opts.instanceId}}`)
     for (const client of [this.#command, this.#subscriber]) {
       // Without an 'error' listener ioredis errors would crash the process.
       client.on('error', (err) => this.#log.debug({ err: err.message }, 'redis connection error'))
@@ -73,7 +91,7 @@ export class RedisBroker implements Broker {
   }
 
   #updateConnected (): void {
-    const now = this.#command.status === 'ready' && this.#subscribed
+    const now = this.#command.status === 'ready' && this.#subscribed && this.#probeOk
     if (now === this.#connected) return
     this.#connected = now
     if (!this.#closing) this.#log[now ? 'info' : 'warn']('redis bus %s', now ? 'connected' : 'disconnected')
@@ -128,7 +146,64 @@ export class RedisBroker implements Broker {
     if (!this.#pendingChannels.delete(channel)) this.#subscriber.unsubscribe(channel).catch(() => {})
   }
 
+  /**
+   * Starts proving the subscription: every interval a probe goes out on the
+   * command connection to this instance's own channel and must come back on
+   * the subscriber. Commands can succeed while a subscription is dead (a
+   * half-open connection, a proxy that stopped forwarding): after
+   * PROBES_MISSED_BROKEN probes missed in a row the bus counts as
+   * disconnected and the subscriber connection is rebuilt, again every
+   * PROBES_MISSED_BROKEN intervals until probes come back.
+   */
+  startProbes (): void {
+    if (this.#probeIntervalMs === 0 || this.#probeTimer !== null) return
+    this.#probeTimer = setInterval(() => this.#probe(), this.#probeIntervalMs)
+    this.#probeTimer.unref()
+  }
+
+  #probe (): void {
+    if (this.#command.status !== 'ready') {
+      // Reported through the command connection already; start afresh when it is back.
+      this.#probeSeen = this.#probeSent
+      this.#probesMissed = 0
+      return
+    }
+    if (this.#probeSeen < this.#probeSent) {
+      this.#probesMissed++
+      this.#handlers.onProbeFailure?.()
+      if (this.#probesMissed >= PROBES_MISSED_BROKEN) {
+        if (this.#probeOk) {
+          this.#probeOk = false
+          this.#log.warn({ missed: this.#probesMissed }, 'bus probes do not come back: rebuilding the subscriber connection')
+          this.#updateConnected()
+        }
+        if (this.#probesMissed % PROBES_MISSED_BROKEN === 0) {
+          this.#probeSeen = this.#probeSent
+          this.#subscriber.disconnect(true)
+        }
+      }
+    } else {
+      this.#probesMissed = 0
+    }
+    const seq = ++this.#probeSent
+    this.#command.publish(this.#probeChannel, String(seq)).catch(() => { /* counted as missed */ })
+  }
+
+  #onProbe (message: Buffer): void {
+    const seq = Number(message.toString('latin1'))
+    if (seq > this.#probeSeen) this.#probeSeen = seq
+    if (!this.#probeOk && this.#probeSeen === this.#probeSent) {
+      this.#probeOk = true
+      this.#probesMissed = 0
+      this.#updateConnected()
+    }
+  }
+
   #onMessage (channel: Buffer, message: Buffer): void {
+    if (this.#probeIntervalMs > 0 && channel.length === this.#probeChannel.length && channel.toString('latin1') === this.#probeChannel) {
+      this.#onProbe(message)
+      return
+    }
     const originLength = this.#origin.length
     if (message.length <= originLength || this.#origin.equals(message.subarray(0, originLength))) return
     try {
@@ -165,6 +240,7 @@ export class RedisBroker implements Broker {
 
   async close (): Promise<void> {
     this.#closing = true
+    if (this.#probeTimer !== null) clearInterval(this.#probeTimer)
     await Promise.allSettled([this.#subscriber.quit(), this.#command.quit()])
     this.#subscriber.disconnect()
     this.#command.disconnect()

@@ -46,9 +46,10 @@ export interface DeliveryMetrics {
   published: (target: 'all' | 'user' | 'users') => void
   resumed: (recovered: boolean, replayed: number) => void
   caughtUp: (result: 'caught_up' | 'gap') => void
+  probeFailed: () => void
 }
 
-const NO_METRICS: DeliveryMetrics = { published () {}, resumed () {}, caughtUp () {} }
+const NO_METRICS: DeliveryMetrics = { published () {}, resumed () {}, caughtUp () {}, probeFailed () {} }
 
 const ALERT = 0x41 // 'A'
 const CLAIM = 0x43 // 'C'
@@ -143,7 +144,8 @@ export class Delivery {
         onConnectedChange(connected)
         // Subscribed again: read what went by meanwhile.
         if (connected) this.#catchUpAll()
-      }
+      },
+      onProbeFailure: () => this.#metrics.probeFailed()
     })
     this.#broker.subscribe(ALL_TOPIC).catch((err: Error) => {
       this.#log.debug({ err: err.message }, 'broadcast subscription waits for the bus')
