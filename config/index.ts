@@ -22,6 +22,17 @@ export interface JwtConfig {
   devSecretFile?: string
 }
 
+export interface HostPort {
+  host: string
+  port: number
+}
+
+/** Where Redis is: one server, a Sentinel-managed master, or a Cluster. */
+export type RedisTarget =
+  | { kind: 'url', url: string }
+  | { kind: 'sentinel', sentinels: HostPort[], name: string, username?: string, password?: string, tls: boolean }
+  | { kind: 'cluster', nodes: HostPort[], username?: string, password?: string, tls: boolean }
+
 export interface GatewayConfig {
   host: string
   port: number
@@ -30,6 +41,8 @@ export interface GatewayConfig {
   jwt: JwtConfig
   revocationTtlSec: number
   redisUrl?: string
+  /** Null: one instance, in-process bus. */
+  redis: RedisTarget | null
   /** Each instance proves its subscription with a probe this often. */
   busProbeIntervalMs: number
   allowedOrigins: Set<string> | null
@@ -88,7 +101,7 @@ function describe (error: { keyword: string, message: string, params: Record<str
 }
 
 /** Values that must never be echoed in an error message. */
-const SECRET_VARIABLES = new Set(['JWT_SECRET', 'REDIS_URL'])
+const SECRET_VARIABLES = new Set(['JWT_SECRET', 'REDIS_URL', 'REDIS_PASSWORD'])
 const INTEGER = /^-?\d+$/
 const NUMBER = /^-?\d+(\.\d+)?$/
 
@@ -290,9 +303,32 @@ function checkProductionRules (env: Env, trustProxy: GatewayConfig['trustProxy']
   if (!hasTls && trustProxy === false) {
     throw new ConfigError('TLS_CERT_FILE', 'production needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY for a TLS-terminating proxy')
   }
-  if (env.REDIS_URL === undefined && !env.SINGLE_INSTANCE) {
-    throw new ConfigError('REDIS_URL', 'production needs REDIS_URL (or SINGLE_INSTANCE=true to run one instance on purpose)')
+  if (env.REDIS_URL === undefined && env.REDIS_SENTINELS === undefined && env.REDIS_CLUSTER_NODES === undefined && !env.SINGLE_INSTANCE) {
+    throw new ConfigError('REDIS_URL', 'production needs REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES (or SINGLE_INSTANCE=true to run one instance on purpose)')
   }
+}
+
+function parseHosts (list: string): HostPort[] {
+  return list.split(',').map((entry) => {
+    const at = entry.lastIndexOf(':')
+    return { host: entry.slice(0, at), port: Number(entry.slice(at + 1)) }
+  })
+}
+
+/** At most one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES. */
+function parseRedis (env: Env): RedisTarget | null {
+  const set = (['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_CLUSTER_NODES'] as const).filter((name) => env[name] !== undefined)
+  if (set.length > 1) throw new ConfigError(set[1], `set only one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES (${set.join(' and ')} are set)`)
+  for (const [name, value] of [['REDIS_SENTINELS', env.REDIS_SENTINELS], ['REDIS_CLUSTER_NODES', env.REDIS_CLUSTER_NODES]] as const) {
+    if (value !== undefined && parseHosts(value).some((node) => node.port < 1 || node.port > 65535)) throw new ConfigError(name, 'has a port outside 1-65535')
+  }
+  if (env.REDIS_SENTINELS !== undefined && env.REDIS_SENTINEL_NAME === undefined) throw new ConfigError('REDIS_SENTINEL_NAME', 'is required with REDIS_SENTINELS (the master\'s name)')
+  if (env.REDIS_SENTINEL_NAME !== undefined && env.REDIS_SENTINELS === undefined) throw new ConfigError('REDIS_SENTINELS', 'is required with REDIS_SENTINEL_NAME')
+  const credentials = { username: env.REDIS_USERNAME, password: env.REDIS_PASSWORD, tls: env.REDIS_TLS }
+  if (env.REDIS_SENTINELS !== undefined) return { kind: 'sentinel', sentinels: parseHosts(env.REDIS_SENTINELS), name: env.REDIS_SENTINEL_NAME as string, ...credentials }
+  if (env.REDIS_CLUSTER_NODES !== undefined) return { kind: 'cluster', nodes: parseHosts(env.REDIS_CLUSTER_NODES), ...credentials }
+  if (env.REDIS_URL !== undefined) return { kind: 'url', url: env.REDIS_URL }
+  return null
 }
 
 /**
@@ -312,6 +348,7 @@ export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.
     jwt,
     revocationTtlSec: env.REVOCATION_TTL_SECONDS,
     redisUrl: env.REDIS_URL,
+    redis: parseRedis(env),
     busProbeIntervalMs: env.BUS_PROBE_INTERVAL_MS,
     allowedOrigins: parseOrigins(env.ALLOWED_ORIGINS),
     tls: env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE !== undefined

@@ -32,6 +32,12 @@ export const EnvSchema = Type.Object({
   REVOCATION_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 60 }),
 
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+  REDIS_SENTINELS: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._-]+:[0-9]{1,5}(,[A-Za-z0-9._-]+:[0-9]{1,5})*$' })),
+  REDIS_SENTINEL_NAME: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._-]+:[0-9]{1,5}(,[A-Za-z0-9._-]+:[0-9]{1,5})*$' })),
+  REDIS_USERNAME: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_TLS: Type.Boolean({ default: false }),
   SINGLE_INSTANCE: Type.Boolean({ default: false }),
 
   ALLOWED_ORIGINS: Type.Optional(Type.String({ minLength: 1 })),

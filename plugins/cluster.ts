@@ -1,11 +1,14 @@
 import { randomBytes } from 'node:crypto'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
+import type { RedisTarget } from '../config/index.js'
 import { createCluster, type Cluster } from '../src/cluster/cluster.js'
 
 export interface ClusterOptions {
   /** Unset: one instance, everything in process. Set: Redis. */
   redisUrl?: string
+  /** Where Redis is: a server, a Sentinel-managed master or a Cluster (takes precedence over redisUrl). */
+  redis?: RedisTarget | null
   /** Prefix of every Redis key and channel (tests isolate runs with it). */
   prefix: string
   /** Default: the contract's defaults (300 entries, 10 minutes). */
@@ -27,6 +30,7 @@ async function clusterPlugin (fastify: FastifyInstance, opts: ClusterOptions) {
   const instanceId = randomBytes(8).toString('hex')
   const cluster = createCluster({
     redisUrl: opts.redisUrl,
+    redis: opts.redis,
     instanceId,
     prefix: opts.prefix,
     log: fastify.log,

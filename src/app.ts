@@ -52,7 +52,7 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   const prefix = options.redisPrefix ?? 'gw:'
   await app.register(metricsPlugin, { defaultMetrics: options.defaultMetrics ?? true })
   await app.register(clusterPlugin, {
-    redisUrl: config.redisUrl,
+    redis: config.redis,
     prefix,
     history: config.history,
     idempotencyWindowMs: config.idempotencyWindowMs,

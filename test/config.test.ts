@@ -18,7 +18,10 @@ const CONTRACT_VARIABLES = [
   'HOST', 'PORT', 'NODE_ENV', 'JWT_SECRET', 'JWT_PUBLIC_KEY_FILE', 'JWT_ALGORITHMS', 'JWT_ISSUER', 'JWT_AUDIENCE',
   'REDIS_URL', 'ALLOWED_ORIGINS', 'TLS_CERT_FILE', 'TLS_KEY_FILE', 'TRUST_PROXY', 'WS_MAX_MESSAGE_BYTES',
   'HEARTBEAT_INTERVAL_MS', 'REAUTH_INTERVAL_MS', 'REAUTH_GRACE_MS', 'MAX_CONNECTIONS_PER_USER',
-  'MAX_CONNECT_ATTEMPTS_PER_MINUTE', 'MAX_CONNECTIONS_PER_IP', 'SHUTDOWN_TIMEOUT_MS', 'LOG_LEVEL'
+  'MAX_CONNECT_ATTEMPTS_PER_MINUTE', 'MAX_CONNECTIONS_PER_IP', 'SHUTDOWN_TIMEOUT_MS', 'LOG_LEVEL',
+  'REDIS_SENTINELS', 'REDIS_SENTINEL_NAME', 'REDIS_CLUSTER_NODES', 'REDIS_USERNAME', 'REDIS_PASSWORD', 'REDIS_TLS',
+  'BUS_PROBE_INTERVAL_MS', 'HISTORY_RETENTION_MS', 'HISTORY_MAX_ENTRIES', 'IDEMPOTENCY_WINDOW_MS',
+  'PUBLISH_RATE_LIMIT_PER_MINUTE', 'REST_RATE_LIMIT_PER_MINUTE'
 ]
 
 const withSecret = (env: Env = {}): Env => ({ NODE_ENV: 'test', JWT_SECRET: TEST_SECRET, ...env })
@@ -511,4 +514,26 @@ t.test('development secret', async (t) => {
     t.equal(config.jwt.devSecretFile, undefined)
     t.notOk(existsSync(join(dir, '.dev-secret')))
   })
+})
+
+t.test('Redis topologies: at most one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES', async (t) => {
+  t.same(loadConfig(withSecret()).redis, null, 'none: one instance, in-process bus')
+  t.same(loadConfig(withSecret({ REDIS_URL: 'redis://r:6379' })).redis, { kind: 'url', url: 'redis://r:6379' })
+  t.same(loadConfig(withSecret({ REDIS_SENTINELS: 's1:26379,s2.example:26380', REDIS_SENTINEL_NAME: 'main', REDIS_PASSWORD: 'pw', REDIS_TLS: 'true' })).redis, {
+    kind: 'sentinel', sentinels: [{ host: 's1', port: 26379 }, { host: 's2.example', port: 26380 }], name: 'main', username: undefined, password: 'pw', tls: true
+  })
+  t.same(loadConfig(withSecret({ REDIS_CLUSTER_NODES: 'n1:7000,n2:7001', REDIS_USERNAME: 'gw' })).redis, {
+    kind: 'cluster', nodes: [{ host: 'n1', port: 7000 }, { host: 'n2', port: 7001 }], username: 'gw', password: undefined, tls: false
+  })
+  refuses(t, withSecret({ REDIS_URL: 'redis://r:6379', REDIS_SENTINELS: 's:1', REDIS_SENTINEL_NAME: 'm' }), 'REDIS_SENTINELS')
+  refuses(t, withSecret({ REDIS_SENTINELS: 's:1', REDIS_CLUSTER_NODES: 'n:1', REDIS_SENTINEL_NAME: 'm' }), 'REDIS_CLUSTER_NODES')
+  refuses(t, withSecret({ REDIS_SENTINELS: 's:1' }), 'REDIS_SENTINEL_NAME')
+  refuses(t, withSecret({ REDIS_SENTINEL_NAME: 'm' }), 'REDIS_SENTINELS')
+  refuses(t, withSecret({ REDIS_CLUSTER_NODES: 'n1' }), 'REDIS_CLUSTER_NODES')
+  refuses(t, withSecret({ REDIS_CLUSTER_NODES: 'n1:70000' }), 'REDIS_CLUSTER_NODES')
+  const secret = refuses(t, withSecret({ REDIS_PASSWORD: '' + 'x', REDIS_TLS: 'maybe' }), 'REDIS_TLS')
+  t.notMatch(secret.message, /x"/, 'the password is never echoed')
+  const production = { NODE_ENV: 'production', JWT_SECRET: TEST_SECRET, TRUST_PROXY: 'true' }
+  t.ok(loadConfig({ ...production, REDIS_SENTINELS: 's:1', REDIS_SENTINEL_NAME: 'm' }, t.testdirName).redis, 'Sentinel satisfies the production rule')
+  t.ok(loadConfig({ ...production, REDIS_CLUSTER_NODES: 'n:1' }, t.testdirName).redis, 'so does a Cluster')
 })

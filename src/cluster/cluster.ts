@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import type { RedisTarget } from '../../config/index.js'
 import type { Log } from '../lib/log.js'
 import type { Broker } from './broker.js'
 import { ALL_TOPIC, userTopic } from './broker.js'
@@ -38,8 +39,10 @@ export interface Cluster {
 }
 
 export interface ClusterOptions {
-  /** Unset: one instance, everything in process. Set: Redis. */
+  /** Unset (and no `redis`): one instance, everything in process. */
   redisUrl?: string
+  /** Where Redis is (takes precedence over `redisUrl`). */
+  redis?: RedisTarget | null
   /** Fixed-length id of this instance. */
   instanceId: string
   /** Prefix of every Redis key and channel. */
@@ -62,7 +65,8 @@ const topicOf = (owner: string | null): string => owner === null ? ALL_TOPIC : u
  * broker reports when it is up.
  */
 export function createCluster (opts: ClusterOptions): Cluster {
-  if (opts.redisUrl === undefined) {
+  const target = opts.redis ?? (opts.redisUrl === undefined ? null : { kind: 'url' as const, url: opts.redisUrl })
+  if (target === null) {
     const broker = new MemoryBroker()
     return {
       broker,
@@ -77,7 +81,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
       close: () => broker.close()
     }
   }
-  const connections = createRedisConnections(opts.redisUrl, opts.commandTimeoutMs)
+  const connections = createRedisConnections(target, opts.commandTimeoutMs)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log, probeIntervalMs: opts.probeIntervalMs })
   return {
     broker,
