@@ -1,0 +1,229 @@
+import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
+import { parsePosition, type Position } from '../../../protocol/position.js'
+import { historyMessage, readHistoryMessage, type HistoryLimits, type HistoryStore, type StreamOwner } from '../../../src/cluster/history-store.js'
+import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
+import { RedisHistoryStore } from '../../../src/cluster/redis-history-store.js'
+import { RedisServer } from '../../helpers/redis-server.js'
+import { waitUntil } from '../../helpers/timeout.js'
+
+/** A message handed to the instances following a stream, as they receive it. */
+interface Handed {
+  topic: string
+  message: Buffer
+}
+
+/** One store under test, whichever the bus. */
+interface Bus {
+  store: HistoryStore
+  /** Every message handed over, in the order the followers got them. */
+  handed: Handed[]
+  /** History is lost (in-process restart, Redis without persistence): a new epoch follows. */
+  loseHistory: () => Promise<void>
+  /** Whether the stream's entries are gone from the backing store (Redis: the key expired). */
+  entriesGone: (owner: StreamOwner) => Promise<boolean>
+}
+
+type BusName = 'memory' | 'redis'
+type MakeBus = (t: Test, limits: HistoryLimits) => Promise<Bus>
+
+const ORIGIN = Buffer.from('o'.repeat(16))
+const LIMITS: HistoryLimits = { maxEntries: 3, retentionMs: 60_000 }
+const topicOf = (owner: StreamOwner): string => owner === null ? 'all' : `user:{${owner}}`
+
+function memoryBus (_t: Test, limits: HistoryLimits): Promise<Bus> {
+  const handed: Handed[] = []
+  const deliver = (topic: string, message: Buffer): void => { handed.push({ topic, message }) }
+  const bus: Bus = {
+    store: new MemoryHistoryStore(limits, deliver),
+    handed,
+    loseHistory: async () => { bus.store = new MemoryHistoryStore(limits, deliver) },
+    entriesGone: async () => true
+  }
+  return Promise.resolve(bus)
+}
+
+/** Stores on one private redis-server, each under its own key prefix. */
+interface RedisBus extends Bus {
+  command: Redis
+  prefix: string
+}
+
+function redisBuses (server: RedisServer): (t: Test, limits: HistoryLimits) => Promise<RedisBus> {
+  let count = 0
+  return async (t, limits) => {
+    const prefix = `h${++count}:`
+    const command = new Redis(server.url)
+    const subscriber = new Redis(server.url)
+    t.teardown(() => { command.disconnect(); subscriber.disconnect() })
+    const handed: Handed[] = []
+    subscriber.on('pmessageBuffer', (_pattern: Buffer, channel: Buffer, message: Buffer) => {
+      const origin = message.subarray(0, ORIGIN.length)
+      if (!origin.equals(ORIGIN)) throw new Error(`message without the origin: ${message.toString()}`)
+      handed.push({ topic: channel.toString().slice(prefix.length), message: message.subarray(ORIGIN.length) })
+    })
+    await subscriber.psubscribe(`${prefix}*`)
+    const store = new RedisHistoryStore({
+      redis: command,
+      prefix,
+      limits,
+      channelOf: (topic) => `${prefix}${topic}`,
+      origin: ORIGIN,
+      topicOf
+    })
+    return {
+      command,
+      prefix,
+      store,
+      handed,
+      loseHistory: async () => { await command.flushall() },
+      entriesGone: async (owner) => await command.exists(owner === null ? `${prefix}all-hist:{all}` : `${prefix}hist:{${owner}}`) === 0
+    }
+  }
+}
+
+/** The frame the store builds for an alert titled `title` (head + pos + tail). */
+const HEAD = (title: string): string => `{"type":"alert","title":"${title}","pos":"`
+const TAIL = '"}'
+
+async function append (bus: Bus, owner: StreamOwner, title: string): Promise<{ pos: Position, frame: string }> {
+  const { epoch, seq } = await bus.store.append(owner, HEAD(title), TAIL)
+  const pos = `${epoch}:${seq}`
+  return { pos: { epoch, seq }, frame: `${HEAD(title)}${pos}${TAIL}` }
+}
+
+async function seqsAfter (bus: Bus, owner: StreamOwner, from: Position | null): Promise<number[]> {
+  return (await bus.store.read(owner, from)).entries.map((entry) => entry.seq)
+}
+
+async function handedCount (bus: Bus, n: number): Promise<void> {
+  await waitUntil(() => bus.handed.length >= n, 5000, `${n} handed messages`)
+}
+
+function storeSuite (t: Test, name: BusName, make: MakeBus): void {
+  t.test(`${name}: positions count up by one per append, per stream, and every append is handed over as written`, async (t) => {
+    const bus = await make(t, LIMITS)
+    const written = []
+    written.push({ owner: null, ...await append(bus, null, 'a1') })
+    written.push({ owner: 'ann', ...await append(bus, 'ann', 'u1') })
+    written.push({ owner: null, ...await append(bus, null, 'a2') })
+    written.push({ owner: 'ann', ...await append(bus, 'ann', 'u2') })
+    written.push({ owner: 'bob', ...await append(bus, 'bob', 'b1') })
+    written.push({ owner: null, ...await append(bus, null, 'a3') })
+    t.same(written.map((w) => w.pos.seq), [1, 1, 2, 2, 1, 3], 'each stream counts its own alerts from 1')
+    t.equal(new Set(written.filter((w) => w.owner === null).map((w) => w.pos.epoch)).size, 1, 'one epoch per stream')
+
+    await handedCount(bus, written.length)
+    t.same(bus.handed.map((h) => h.topic), written.map((w) => topicOf(w.owner)), 'handed to the stream\'s topic, in append order')
+    for (let i = 0; i < written.length; i++) {
+      const { pos, frame } = written[i]
+      const message = bus.handed[i].message
+      t.same(message, historyMessage(`${pos.epoch}:${pos.seq}`, Buffer.from(frame)), `message ${i} is the history message of the frame`)
+      t.same(readHistoryMessage(message), { pos: `${pos.epoch}:${pos.seq}`, frame: Buffer.from(frame) })
+    }
+    const all = await bus.store.read(null, { epoch: written[0].pos.epoch, seq: 0 })
+    t.same(all.entries.map((e) => e.frame.toString()), written.filter((w) => w.owner === null).map((w) => w.frame), 'history holds the same frames, oldest first')
+    t.equal(all.top, 3)
+  })
+
+  t.test(`${name}: a stream never written is given an epoch on read, and appends continue it`, async (t) => {
+    const bus = await make(t, LIMITS)
+    const head = await bus.store.read('new', null)
+    t.same({ top: head.top, entries: head.entries }, { top: 0, entries: [] })
+    t.not(parsePosition(`${head.epoch}:0`), null, 'the epoch fits a position')
+    t.equal((await bus.store.read('new', null)).epoch, head.epoch, 'stable across reads')
+    const first = await append(bus, 'new', 'n1')
+    t.same(first.pos, { epoch: head.epoch, seq: 1 }, 'the position handed out at the head stays valid')
+  })
+
+  t.test(`${name}: reads from every kind of position`, async (t) => {
+    const bus = await make(t, LIMITS)
+    const pos = []
+    for (let i = 1; i <= 5; i++) pos.push((await append(bus, 'ann', `u${i}`)).pos)
+    const epoch = pos[0].epoch
+
+    const head = await bus.store.read('ann', null)
+    t.same({ epoch: head.epoch, top: head.top, entries: head.entries }, { epoch, top: 5, entries: [] }, 'absent: the head only')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 5 }), [], 'current: nothing after it')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 4 }), [5], 'one behind: the newest')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 2 }), [3, 4, 5], 'just before the oldest kept: no hole')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 1 }), [3, 4, 5], 'trimmed: entries start after a hole (2 is gone)')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 0 }), [3, 4, 5], 'start of the epoch: the newest kept')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 9 }), [], 'ahead of the top: nothing')
+    const foreign = await bus.store.read('ann', { epoch: 'other', seq: 4 })
+    t.same({ epoch: foreign.epoch, top: foreign.top, seqs: foreign.entries.map((e) => e.seq) }, { epoch, top: 5, seqs: [3, 4, 5] }, 'foreign epoch: the newest entries of the current one')
+    const unknown = await bus.store.read('ann', { epoch: '-', seq: 0 })
+    t.same(unknown.entries.map((e) => e.seq), [3, 4, 5], 'the stand-in for an unknown position reads like a foreign epoch')
+    t.same(await seqsAfter(bus, 'bob', { epoch, seq: 0 }), [], 'another stream shares nothing')
+  })
+
+  t.test(`${name}: trimmed by count at every append, oldest first`, async (t) => {
+    const bus = await make(t, LIMITS)
+    const seen: number[][] = []
+    let epoch = ''
+    for (let i = 1; i <= 6; i++) {
+      epoch = (await append(bus, null, `a${i}`)).pos.epoch
+      seen.push(await seqsAfter(bus, null, { epoch, seq: 0 }))
+    }
+    t.same(seen, [[1], [1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6]])
+  })
+
+  t.test(`${name}: entries older than the retention are not returned; a quiet stream keeps its epoch and top`, async (t) => {
+    const retentionMs = 300
+    const bus = await make(t, { maxEntries: 10, retentionMs })
+    const old = await append(bus, 'ann', 'old')
+    const oldAt = Date.now()
+    await waitUntil(() => Date.now() > oldAt + retentionMs, 5000, 'the first alert to age out')
+    const fresh = await append(bus, 'ann', 'fresh')
+    const epoch = old.pos.epoch
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 0 }), [2], 'the aged one is gone, the fresh one kept')
+    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 1 }), [2])
+    const freshAt = Date.now()
+    await waitUntil(() => Date.now() > freshAt + retentionMs, 5000, 'the second alert to age out')
+    await waitUntil(() => bus.entriesGone('ann'), 5000, 'the entries to expire')
+    const quiet = await bus.store.read('ann', { epoch, seq: 0 })
+    t.same({ epoch: quiet.epoch, top: quiet.top, entries: quiet.entries }, { epoch, top: 2, entries: [] }, 'same epoch and top, no entries')
+    t.same((await bus.store.read('ann', fresh.pos)).entries, [], 'the last position is still current')
+    t.same((await append(bus, 'ann', 'next')).pos, { epoch, seq: 3 }, 'the next alert continues the epoch')
+  })
+
+  t.test(`${name}: when history is lost the epoch changes and old positions read as foreign`, async (t) => {
+    const bus = await make(t, LIMITS)
+    const before = []
+    for (let i = 1; i <= 2; i++) before.push((await append(bus, null, `a${i}`)).pos)
+    await bus.loseHistory()
+    const after = await append(bus, null, 'new')
+    t.not(after.pos.epoch, before[0].epoch, 'a new epoch')
+    t.equal(after.pos.seq, 1, 'counting from 1 again')
+    const read = await bus.store.read(null, before[1])
+    t.same({ epoch: read.epoch, top: read.top, seqs: read.entries.map((e) => e.seq) }, { epoch: after.pos.epoch, top: 1, seqs: [1] },
+      'an old position gets the new epoch\'s entries, not what follows its seq')
+    t.same(read.entries[0].frame.toString(), after.frame)
+    const head = await bus.store.read('ann', null)
+    t.not(head.epoch, before[0].epoch, 'streams first read after the loss get a new epoch too')
+  })
+}
+
+storeSuite(t, 'memory', memoryBus)
+
+t.test('redis', async (t) => {
+  const server = await RedisServer.start(t)
+  const make = redisBuses(server)
+  storeSuite(t, 'redis', make)
+
+  t.test('redis: a meta hash lost alone starts a new epoch and drops the stray entries', async (t) => {
+    const bus = await make(t, LIMITS)
+    const first = await append(bus, 'ann', 'u1')
+    await append(bus, 'ann', 'u2')
+    t.equal(await bus.command.del(`${bus.prefix}hmeta:{ann}`), 1)
+    const next = await append(bus, 'ann', 'u3')
+    t.not(next.pos.epoch, first.pos.epoch)
+    t.same(await seqsAfter(bus, 'ann', { epoch: next.pos.epoch, seq: 0 }), [1], 'only the new epoch\'s entry')
+  })
+})
+
+t.test('only history messages read as one', async (t) => {
+  t.equal(readHistoryMessage(Buffer.from('A{"title":"x"}')), null, 'another type byte')
+  t.equal(readHistoryMessage(Buffer.from('He:1')), null, 'no frame after the position')
+  t.same(readHistoryMessage(Buffer.from('He:1 {"a":"b c"}')), { pos: 'e:1', frame: Buffer.from('{"a":"b c"}') }, 'the first space ends the position')
+})

@@ -1,0 +1,279 @@
+import t, { type Test } from 'tap'
+import pino from 'pino'
+import type { WebSocket } from 'ws'
+import type { Alert, Welcome } from '../../../protocol/frames.js'
+import type { Position } from '../../../protocol/position.js'
+import { createCluster, type Cluster } from '../../../src/cluster/cluster.js'
+import type { AppendResult, HistoryStore, StreamOwner, StreamRead } from '../../../src/cluster/history-store.js'
+import { Delivery } from '../../../src/delivery/delivery.js'
+import type { GatewayMetrics } from '../../../src/lib/metrics.js'
+import { SessionRegistry } from '../../../src/session/session-registry.js'
+import { Session } from '../../../src/session/session.js'
+import { testConfig } from '../../helpers/config.js'
+import { RedisServer } from '../../helpers/redis-server.js'
+import { waitUntil } from '../../helpers/timeout.js'
+
+type Frame = Record<string, unknown>
+
+const log = pino({ level: 'silent' })
+const USER = 'ann'
+
+/** A promise the test settles. */
+class Gate {
+  open!: () => void
+  readonly opened = new Promise<void>((resolve) => { this.open = resolve })
+}
+
+/**
+ * The cluster's history, except that the next reads asked for (a resume's)
+ * wait at two gates: before the store computes them, and after.
+ */
+class HeldHistory implements HistoryStore {
+  readonly #inner: HistoryStore
+  #toHold = 0
+  readonly before = new Gate()
+  readonly after = new Gate()
+  waiting = 0
+  computed = 0
+
+  constructor (inner: HistoryStore) {
+    this.#inner = inner
+  }
+
+  holdNext (reads: number): void {
+    this.#toHold = reads
+  }
+
+  append (owner: StreamOwner, head: string, tail: string): Promise<AppendResult> {
+    return this.#inner.append(owner, head, tail)
+  }
+
+  async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
+    if (this.#toHold === 0) return await this.#inner.read(owner, from)
+    this.#toHold--
+    this.waiting++
+    await this.before.opened
+    const read = await this.#inner.read(owner, from)
+    this.computed++
+    await this.after.opened
+    return read
+  }
+}
+
+interface Gateway {
+  cluster: Cluster
+  history: HeldHistory
+  delivery: Delivery
+  registry: SessionRegistry
+  /** Publishes `title` to `all` or to the user; resolves to its position. */
+  publish: (stream: 'all' | 'user', title: string) => Promise<string>
+}
+
+async function gateway (t: Test, redisUrl?: string): Promise<Gateway> {
+  const cluster = createCluster({
+    redisUrl,
+    instanceId: 'resume-test-inst',
+    prefix: `rs${Math.random().toString(36).slice(2, 8)}:`,
+    log,
+    history: { maxEntries: 50, retentionMs: 60_000 },
+    idempotencyWindowMs: 60_000
+  })
+  const counter = { inc () {}, dec () {}, observe () {} }
+  const metrics = { connectionsActive: counter, connectionDuration: counter, messagesSent: counter } as unknown as GatewayMetrics
+  const registry = new SessionRegistry({ ws: testConfig().ws, metrics, log })
+  const history = new HeldHistory(cluster.history as HistoryStore)
+  const delivery = new Delivery({ broker: cluster.broker, sessions: registry, log, history })
+  delivery.start(() => {})
+  cluster.start()
+  t.teardown(async () => {
+    delivery.stop()
+    registry.closeAll(1001)
+    await cluster.close()
+  })
+  await waitUntil(() => cluster.broker.connected, 5000, 'the bus')
+  await delivery.watch(USER)
+  let id = 0
+  return {
+    cluster,
+    history,
+    delivery,
+    registry,
+    publish: async (stream, title) => {
+      const alert: Alert = { type: 'alert', id: `id-${++id}`, ts: Date.now(), severity: 'info', title }
+      const result = await delivery.publish(stream === 'all' ? { all: true } : { userId: USER }, alert)
+      return result.pos as string
+    }
+  }
+}
+
+/** A session on a socket that records what is written to it. */
+function session (id: string): { session: Session, frames: Frame[] } {
+  const frames: Frame[] = []
+  const socket = {
+    readyState: 1,
+    bufferedAmount: 0,
+    send: (frame: Buffer) => { frames.push(JSON.parse(frame.toString()) as Frame) },
+    close: () => { socket.readyState = 3 }
+  }
+  const now = Date.now()
+  return {
+    session: new Session({ id, userId: USER, socket: socket as unknown as WebSocket, generation: 1, tokenExpMs: now + 600_000, tokenIatSec: null, authAtMs: now }, 10),
+    frames
+  }
+}
+
+function welcome (id: string): Welcome {
+  return { type: 'welcome', connectionId: id, userId: USER, heartbeatMs: 30000, reauthMs: 600000, maxMessageBytes: 4096 }
+}
+
+/** A session of the user that follows everything live (it shows when an alert went through this instance). */
+async function observer (gw: Gateway): Promise<Frame[]> {
+  const { session: s, frames } = session('observer')
+  gw.delivery.attach(s, await gw.delivery.resume(USER, {}), welcome('observer'))
+  return frames
+}
+
+function titles (frames: Frame[]): string[] {
+  return frames.filter((f) => f.type === 'alert').map((f) => f.title as string)
+}
+
+async function received (frames: Frame[], title: string): Promise<void> {
+  await waitUntil(() => titles(frames).includes(title), 5000, `alert ${title}`)
+}
+
+/** Publishes in order, waiting until each went through this instance. */
+async function publishSeen (gw: Gateway, seen: Frame[], ...alerts: Array<['all' | 'user', string]>): Promise<string[]> {
+  const positions: string[] = []
+  for (const [stream, title] of alerts) {
+    positions.push(await gw.publish(stream, title))
+    await received(seen, title)
+  }
+  return positions
+}
+
+/** Per stream: the sequence numbers of the alerts the session got, in the order it got them. */
+function seqsOf (frames: Frame[], stream: 'all' | 'user'): number[] {
+  return frames.filter((f) => f.type === 'alert' && f.stream === stream).map((f) => Number(String(f.pos).split(':')[1]))
+}
+
+const seqRange = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_v, i) => from + i)
+
+for (const bus of ['memory', 'redis'] as const) {
+  const start = async (t: Test): Promise<Gateway> => {
+    if (bus === 'memory') return await gateway(t)
+    return await gateway(t, (await RedisServer.start(t)).url)
+  }
+
+  t.test(`${bus}: alerts arriving during a resume are delivered once each, in order, replayed ones first`, async (t) => {
+    const gw = await start(t)
+    const seen = await observer(gw)
+    const [sinceAll, , sinceUser] = await publishSeen(gw, seen, ['all', 'a1'], ['all', 'a2'], ['user', 'u1'], ['user', 'u2'], ['all', 'a3'], ['user', 'u3'])
+
+    gw.history.holdNext(2)
+    await gw.delivery.watch(USER)
+    const planned = gw.delivery.resume(USER, { all: sinceAll, user: sinceUser })
+    await waitUntil(() => gw.history.waiting === 2, 5000, 'both reads held')
+    await publishSeen(gw, seen, ['all', 'a4'], ['user', 'u4'])
+    gw.history.before.open()
+    await waitUntil(() => gw.history.computed === 2, 5000, 'both reads computed')
+    await publishSeen(gw, seen, ['user', 'u5'], ['all', 'a5'])
+    gw.history.after.open()
+    const plan = await planned
+    await publishSeen(gw, seen, ['all', 'a6'], ['user', 'u6'])
+    // Handed to this instance but not yet written to the observer either.
+    const [, pos7] = await Promise.all([gw.publish('all', 'a7'), gw.publish('user', 'u7')])
+
+    const { session: s, frames } = session('resumed')
+    gw.delivery.attach(s, plan, welcome('resumed'))
+    await publishSeen(gw, frames, ['all', 'a8'], ['user', 'u8'])
+    await received(seen, 'a8')
+
+    const epochs = { all: sinceAll.split(':')[0], user: sinceUser.split(':')[0] }
+    t.same(frames.slice(0, 8).map((f) => [f.type, f.title, f.replay]), [
+      ['welcome', undefined, undefined],
+      ['alert', 'a2', true], ['alert', 'a3', true], ['alert', 'a4', true],
+      ['alert', 'u2', true], ['alert', 'u3', true], ['alert', 'u4', true],
+      ['resumed', undefined, undefined]
+    ], 'the alerts in history at the read are replayed, then resumed')
+    t.match(frames[0], { pos: { all: `${epochs.all}:4`, user: `${epochs.user}:4` } }, 'welcome gives the heads read')
+    t.match(frames[7], { recovered: true, replayed: 6, pos: { all: `${epochs.all}:4`, user: `${epochs.user}:4` } })
+    const after = frames.slice(8)
+    t.ok(after.every((f) => f.type === 'alert' && f.replay === undefined), 'the rest are not replays')
+    t.same(seqsOf(frames, 'all'), seqRange(2, 8), 'all: each alert after since_all once, in order')
+    t.same(seqsOf(frames, 'user'), seqRange(2, 8), 'user: each alert after since_user once, in order')
+    t.equal(pos7, `${epochs.user}:7`)
+    t.same(titles(seen).sort(), ['a1', 'a2', 'a3', 'a4', 'a5', 'a6', 'a7', 'a8', 'u1', 'u2', 'u3', 'u4', 'u5', 'u6', 'u7', 'u8'].sort(),
+      'the observer got everything once')
+  })
+
+  t.test(`${bus}: more user alerts during the resume than are kept at hand: gap, then live, none twice`, async (t) => {
+    const gw = await start(t)
+    const seen = await observer(gw)
+    const [since] = await publishSeen(gw, seen, ['user', 'u1'])
+    gw.history.holdNext(2)
+    gw.history.before.open()
+    await gw.delivery.watch(USER)
+    const planned = gw.delivery.resume(USER, { user: since })
+    await waitUntil(() => gw.history.computed === 2, 5000, 'both reads computed')
+    const during = []
+    for (let i = 2; i <= 12; i++) during.push(['user', `u${i}`] as ['user', string])
+    await publishSeen(gw, seen, ...during)
+    gw.history.after.open()
+    const { session: s, frames } = session('resumed')
+    gw.delivery.attach(s, await planned, welcome('resumed'))
+    await publishSeen(gw, frames, ['user', 'u13'])
+
+    t.same(frames.map((f) => f.type), ['welcome', 'resumed', 'gap', 'alert'], 'nothing to replay; the ones missed meanwhile are announced')
+    t.match(frames[1], { recovered: true, replayed: 0 })
+    t.match(frames[2], { streams: ['user'], pos: { user: /:12$/ } }, 'gap up to the last delivered here')
+    t.same(seqsOf(frames, 'user'), [13])
+  })
+
+  t.test(`${bus}: unknown positions replay the newest alerts, not recovered`, async (t) => {
+    const gw = await start(t)
+    const seen = await observer(gw)
+    const [a1, a2] = await publishSeen(gw, seen, ['all', 'a1'], ['all', 'a2'])
+    for (const since of ['other:1', 'well.formed-but:unknown', `${a1.split(':')[0]}:01`]) {
+      const { session: s, frames } = session(since)
+      gw.delivery.attach(s, await gw.delivery.resume(USER, { all: since }), welcome(since))
+      t.same(frames.map((f) => [f.type, f.title, f.replay]), [
+        ['welcome', undefined, undefined], ['alert', 'a1', true], ['alert', 'a2', true], ['resumed', undefined, undefined]
+      ], since)
+      t.match(frames[3], { recovered: false, replayed: 2 })
+      gw.registry.remove(s)
+    }
+    const { session: s, frames } = session('current')
+    gw.delivery.attach(s, await gw.delivery.resume(USER, { all: a2 }), welcome('current'))
+    t.same(frames.map((f) => f.type), ['welcome', 'resumed'], 'the current position: nothing to replay')
+    t.match(frames[1], { recovered: true, replayed: 0 })
+  })
+}
+
+t.test('redis: history lost during a resume: the session is told, and gets the new epoch\'s alerts', async (t) => {
+  // Bug: Delivery.#fill() with a plan of the old epoch and a follow already
+  // on the new one: since() answers [] (another epoch), no gap is sent, and
+  // the floor stays the plan's top (old epoch), which hides the new epoch's
+  // alerts up to that number.
+  const todo = 'bug: #fill keeps an old-epoch floor and sends no gap'
+  const redis = await RedisServer.start(t)
+  const gw = await gateway(t, redis.url)
+  const seen = await observer(gw)
+  const [since] = await publishSeen(gw, seen, ['all', 'a1'], ['all', 'a2'], ['all', 'a3'])
+  gw.history.holdNext(2)
+  gw.history.before.open()
+  await gw.delivery.watch(USER)
+  const planned = gw.delivery.resume(USER, { all: since })
+  await waitUntil(() => gw.history.computed === 2, 5000, 'both reads computed')
+  await (gw.cluster.redis as NonNullable<Cluster['redis']>).flushall()
+  await publishSeen(gw, seen, ['all', 'b1'], ['all', 'b2'])
+  gw.history.after.open()
+  const { session: s, frames } = session('resumed')
+  gw.delivery.attach(s, await planned, welcome('resumed'))
+  await publishSeen(gw, seen, ['all', 'b3'], ['all', 'b4'])
+  await received(frames, 'b4')
+
+  t.same(titles(frames).slice(0, 2), ['a2', 'a3'], 'replayed what the plan read')
+  const told = frames.some((f) => f.type === 'gap') || titles(frames).includes('b1')
+  t.ok(told, 'b1 and b2 are delivered or announced by a gap', { todo })
+  t.same(titles(frames).slice(-2), ['b3', 'b4'], 'the new epoch\'s live alerts all arrive', { todo })
+})
