@@ -87,6 +87,14 @@ export function readHistoryMessage (message: Buffer): { pos: string, frame: Buff
 const PROCESS_TAG = randomBytes(4).toString('hex')
 let epochCounter = 0
 
+/** Length of the creation-time prefix of an epoch (base 36 ms: 8 digits until 2059). */
+const EPOCH_TIME_LENGTH = 8
+
+/** Whether epoch `a` was created after epoch `b` (by their time prefixes). */
+export function isNewerEpoch (a: string, b: string): boolean {
+  return a.slice(0, EPOCH_TIME_LENGTH) > b.slice(0, EPOCH_TIME_LENGTH)
+}
+
 export function newEpoch (): string {
   epochCounter = (epochCounter + 1) % 1296
   return `${Date.now().toString(36)}${PROCESS_TAG}${epochCounter.toString(36)}`

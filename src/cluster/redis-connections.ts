@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import type { RedisTarget } from '../../config/index.js'
 
 export interface RedisConnections {
@@ -6,6 +6,13 @@ export interface RedisConnections {
   command: Redis
   /** Subscriptions only: a subscribed connection cannot send other commands. */
   subscriber: Redis
+  /**
+   * True on a Redis Cluster: `command` and `subscriber` are then one
+   * ioredis Cluster (typed as Redis: the commands the gateway uses are the
+   * same), pub/sub is sharded (SPUBLISH/SSUBSCRIBE) and its subscriber
+   * connections, one per master, are ioredis's own.
+   */
+  sharded: boolean
 }
 
 /**
@@ -23,10 +30,31 @@ export function createRedisConnections (target: RedisTarget | string, commandTim
     retryStrategy: (times) => Math.min(100 * times, 1000),
     lazyConnect: true
   }
+  if (typeof target !== 'string' && target.kind === 'cluster') {
+    const cluster = new Cluster(target.nodes, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      enableAutoPipelining: true,
+      shardedSubscribers: true,
+      maxRedirections: 16,
+      clusterRetryStrategy: (times) => Math.min(100 * times, 1000),
+      // Reconnect to a node that dropped (a restarted replica, a master back
+      // after a failover), not only on the next MOVED.
+      redisOptions: {
+        ...options,
+        lazyConnect: false,
+        connectionName: 'gw-cluster',
+        username: target.username,
+        password: target.password,
+        ...(target.tls ? { tls: {} } : {})
+      }
+    })
+    const shared = cluster as unknown as Redis
+    return { command: shared, subscriber: shared, sharded: true }
+  }
   const connect = (own: RedisOptions): Redis => {
     if (typeof target === 'string') return new Redis(target, { ...options, ...own })
     if (target.kind === 'url') return new Redis(target.url, { ...options, ...own })
-    if (target.kind === 'cluster') throw new Error('createRedisConnections: a Cluster is connected by createClusterConnections')
     return new Redis({
       ...options,
       ...own,
@@ -47,6 +75,7 @@ export function createRedisConnections (target: RedisTarget | string, commandTim
     command: connect({ connectionName: 'gw-command', enableAutoPipelining: true }),
     // Subscriptions are restored by the broker, which also tells when they
     // are all in place again: only then is it reported connected.
-    subscriber: connect({ connectionName: 'gw-subscriber', autoResubscribe: false })
+    subscriber: connect({ connectionName: 'gw-subscriber', autoResubscribe: false }),
+    sharded: false
   }
 }

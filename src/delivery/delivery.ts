@@ -1,7 +1,7 @@
 import type { Alert, Gap, Positions, Resumed, Welcome } from '../../protocol/frames.js'
 import { formatPosition, parsePosition, type Position, type StreamName } from '../../protocol/position.js'
 import { ALL_TOPIC, userOfTopic, userTopic, type Broker } from '../cluster/broker.js'
-import { readHistoryMessage, type HistoryEntry, type HistoryStore, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
+import { isNewerEpoch, readHistoryMessage, type HistoryEntry, type HistoryStore, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
 import type { SessionCounts } from '../cluster/session-counts.js'
 import type { Log } from '../lib/log.js'
 import type { Session } from '../session/session.js'
@@ -319,22 +319,43 @@ export class Delivery {
       this.#metrics.resumed(resumed.recovered, replayed)
       this.#sendFrame(session, resumed)
     }
-    session.floorAll = this.#fill(session, this.#all as StreamFollow, all, 'all')
+    const [floorAll, floorAllEpoch] = this.#fill(session, this.#all as StreamFollow, all, 'all')
+    session.floorAll = floorAll
+    session.floorAllEpoch = floorAllEpoch
     const follow = this.#watched.get(session.userId)?.follow
-    session.floorUser = follow === undefined || follow === null ? user.top : this.#fill(session, follow, user, 'user')
+    const [floorUser, floorUserEpoch] = follow === undefined || follow === null ? [user.top, user.epoch] : this.#fill(session, follow, user, 'user')
+    session.floorUser = floorUser
+    session.floorUserEpoch = floorUserEpoch
     this.#sessions.add(session)
   }
 
-  /** Writes what the follow delivered after the plan; returns the session's floor. */
-  #fill (session: Session, follow: StreamFollow, plan: StreamPlan, stream: StreamName): number {
+  /**
+   * Writes what the follow delivered after the plan was read; returns the
+   * session's floor and its epoch.
+   */
+  #fill (session: Session, follow: StreamFollow, plan: StreamPlan, stream: StreamName): [number, string] {
+    if (follow.epoch !== null && follow.epoch !== plan.epoch) {
+      if (!isNewerEpoch(follow.epoch, plan.epoch)) {
+        // The plan read a newer epoch than this instance has seen: the follow
+        // learns it by a catch-up and keeps this session's floor.
+        follow.catchUp()
+        return [plan.top, plan.epoch]
+      }
+      // History was lost after the plan was read: what the plan promised
+      // after its position is gone. Say so, then what the new epoch had.
+      const fresh = follow.since(follow.epoch, 0)
+      this.#sendGap(session, [stream], fresh === null ? follow.position : formatPosition(follow.epoch, 0))
+      for (const entry of fresh ?? []) this.#sessions.send(session, entry.frame)
+      return [follow.seq, follow.epoch]
+    }
     const missed = follow.since(plan.epoch, plan.top)
     if (missed === null) {
       // More went by during the handshake than is kept at hand: say so.
       this.#sendGap(session, [stream])
-      return follow.seq
+      return [follow.seq, plan.epoch]
     }
     for (const entry of missed) this.#sessions.send(session, entry.frame)
-    return follow.epoch === plan.epoch ? Math.max(plan.top, follow.seq) : plan.top
+    return [Math.max(plan.top, follow.seq), plan.epoch]
   }
 
   #follow (owner: StreamOwner): StreamFollow | null {
@@ -345,23 +366,38 @@ export class Delivery {
       deliver: owner === null
         ? (seq, frame) => { this.#sessions.broadcast(frame, seq) }
         : (seq, frame) => { this.#sessions.sendToUser(owner, frame, seq) },
-      resetFloors: () => this.#sessions.resetFloors(owner),
-      gap: () => {
+      gap: (pos, newEpoch) => {
         const sessions = owner === null ? this.#sessions.list() : this.#sessions.sessionsOf(owner)
-        for (const session of [...sessions]) this.#sendGap(session, [owner === null ? 'all' : 'user'])
+        const stream: StreamName = owner === null ? 'all' : 'user'
+        for (const session of [...sessions]) {
+          if (newEpoch !== null) {
+            // A session that resumed into the new epoch already has its floor there.
+            if ((owner === null ? session.floorAllEpoch : session.floorUserEpoch) === newEpoch) continue
+            if (owner === null) {
+              session.floorAll = 0
+              session.floorAllEpoch = newEpoch
+            } else {
+              session.floorUser = 0
+              session.floorUserEpoch = newEpoch
+            }
+          }
+          this.#sendGap(session, [stream], pos)
+        }
       },
       caughtUp: (result) => this.#metrics.caughtUp(result),
       log: this.#log
     })
   }
 
-  #sendGap (session: Session, streams: StreamName[]): void {
+  /** `pos`: where the client stands afterwards in the gapped stream (default: the follow's position). */
+  #sendGap (session: Session, streams: StreamName[], pos?: string): void {
     const user = this.#watched.get(session.userId)?.follow
     const gap: Gap = {
       type: 'gap',
       streams,
       pos: { all: (this.#all as StreamFollow).position, user: user?.position ?? NO_POSITION }
     }
+    if (pos !== undefined) gap.pos[streams[0]] = pos
     this.#sendFrame(session, gap)
   }
 

@@ -1,5 +1,5 @@
 import { formatPosition, type Position } from '../../protocol/position.js'
-import type { HistoryEntry, StreamRead } from '../cluster/history-store.js'
+import { isNewerEpoch, type HistoryEntry, type StreamRead } from '../cluster/history-store.js'
 import type { Log } from '../lib/log.js'
 
 /** Live messages held while a catch-up reads; past this, history has them anyway. */
@@ -10,10 +10,12 @@ export interface FollowHooks {
   read: (from: Position) => Promise<StreamRead>
   /** Writes an alert of the stream to the local sessions following it. */
   deliver: (seq: number, frame: Buffer) => void
-  /** The stream's epoch changed: positions of the old one mean nothing here any more. */
-  resetFloors: () => void
-  /** Alerts may be missing up to `pos`: tell the sessions following the stream. */
-  gap: (pos: string) => void
+  /**
+   * Alerts may be missing up to `pos`: tell the sessions following the
+   * stream. With `newEpoch` the stream's epoch changed (its history was
+   * lost): positions of the old one mean nothing here any more.
+   */
+  gap: (pos: string, newEpoch: string | null) => void
   caughtUp: (result: 'caught_up' | 'gap') => void
   log: Log
 }
@@ -55,7 +57,12 @@ export class StreamFollow {
 
   /** A live alert at `epoch:seq`. */
   receive (epoch: string, seq: number, frame: Buffer): void {
-    if (this.#catching || this.#queue.length > 0 || !this.#accept(epoch, seq, frame)) {
+    if (this.#catching) {
+      // The running catch-up delivers it after the missed ones.
+      this.#enqueue({ epoch, seq, frame })
+      return
+    }
+    if (this.#queue.length > 0 || !this.#accept(epoch, seq, frame)) {
       this.#enqueue({ epoch, seq, frame })
       this.catchUp()
     }
@@ -107,6 +114,14 @@ export class StreamFollow {
       if (this.#closed) return
       while (this.#queue.length > 0) {
         const next = this.#queue[0]
+        if (next.epoch !== this.epoch) {
+          // Of an epoch the read did not return: an older one (history has
+          // been lost since), or a newer one, which its next alert or
+          // catch-up reads from history. Either way not deliverable here.
+          this.#queue.shift()
+          if (this.#newerThanRead(next.epoch)) this.#again = true
+          continue
+        }
         if (!this.#accept(next.epoch, next.seq, next.frame)) {
           this.#again = true
           break
@@ -120,14 +135,15 @@ export class StreamFollow {
     const read = await this.#hooks.read({ epoch: this.epoch as string, seq: this.seq })
     if (this.#closed) return
     let gap = false
+    let newEpoch: string | null = null
     if (read.epoch !== this.epoch) {
       // History was lost (or the stream started over): what the old epoch
       // had after our position cannot be known.
       gap = true
+      newEpoch = read.epoch
       this.epoch = read.epoch
       this.seq = 0
       this.#ring.length = 0
-      this.#hooks.resetFloors()
     }
     const first = read.entries.length > 0 ? read.entries[0].seq : read.top + 1
     if (first > this.seq + 1) {
@@ -135,11 +151,16 @@ export class StreamFollow {
       gap = true
       this.seq = first - 1
     }
-    if (gap) this.#hooks.gap(this.position)
+    if (gap) this.#hooks.gap(this.position, newEpoch)
     for (const entry of read.entries) {
       if (entry.seq > this.seq) this.#deliver(entry.seq, entry.frame)
     }
     this.#hooks.caughtUp(gap ? 'gap' : 'caught_up')
+  }
+
+  /** Whether `epoch` started after the epoch last read (epochs begin with their creation time). */
+  #newerThanRead (epoch: string): boolean {
+    return isNewerEpoch(epoch, this.epoch as string)
   }
 
   /** Delivers the alert if it is the next one; false when it needs a catch-up first. */

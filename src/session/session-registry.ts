@@ -78,15 +78,6 @@ export class SessionRegistry {
     return this.#list
   }
 
-  /** A stream's epoch changed: the floors (positions of the old epoch) no longer apply. */
-  resetFloors (userId: string | null): void {
-    if (userId === null) {
-      for (const session of this.#list) session.floorAll = 0
-    } else {
-      for (const session of this.sessionsOf(userId)) session.floorUser = 0
-    }
-  }
-
   add (session: Session): void {
     this.#flush()
     session.index = this.#list.length

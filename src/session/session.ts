@@ -50,6 +50,9 @@ export class Session {
    */
   floorAll = 0
   floorUser = 0
+  /** The epochs the floors count in. */
+  floorAllEpoch: string | null = null
+  floorUserEpoch: string | null = null
   /** Times of recent malformed messages, allocated on the first one. */
   malformed: number[] | null = null
 
