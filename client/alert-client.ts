@@ -1,6 +1,8 @@
 import { AttemptLimiter, backoffDelay } from './backoff.js'
-import { CloseCode, closePolicy, type Alert, type ClientFrame, type ServerFrame, type Welcome } from './protocol.js'
+import { CloseCode, closePolicy, type Alert, type ClientFrame, type Resumed, type ServerFrame, type Welcome } from './protocol.js'
+import { PositionBook, STREAMS, type Since } from './position-book.js'
 import { RecentIds } from './recent-ids.js'
+import { tokenSubject } from './token-subject.js'
 import { TypedEvents, type ClientError, type ClientEvents, type StateChange } from './typed-events.js'
 import { resolveOptions, type ConnectOptions, type ResolvedOptions, type WebSocketLike } from './options.js'
 
@@ -28,11 +30,13 @@ function checkToken (token: unknown): string {
  * A connection to the gateway that stays up by itself: fresh token before
  * every connect, re-auth answered, reconnects with jittered backoff within
  * the server's attempt limit, dead links detected with application pings,
- * duplicate alerts dropped. Create it with `connect()`.
+ * duplicate alerts dropped, and every reconnect (or page reload) resumed
+ * from the stream positions it stored. Create it with `connect()`.
  */
 export class AlertClient extends TypedEvents<ClientEvents> {
   readonly #o: ResolvedOptions
   readonly #recent: RecentIds
+  readonly #book: PositionBook
   readonly #limiter: AttemptLimiter
   #state: StateChange['state'] = 'connecting'
   #socket: WebSocketLike | null = null
@@ -40,6 +44,8 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   #disposed = false
   #attempt = 0
   #welcome: Welcome | null = null
+  /** The positions the current socket resumes from. */
+  #asked: Since = {}
   #retryTimer: ReturnType<typeof setTimeout> | undefined
   /** Next ping while idle; the pong deadline while a ping is unanswered; the welcome deadline before it. */
   #linkTimer: ReturnType<typeof setTimeout> | undefined
@@ -50,10 +56,13 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     super()
     this.#o = resolveOptions(options)
     this.#recent = new RecentIds(this.#o.dedupeCapacity)
+    this.#book = new PositionBook(this.#o.storage, this.#o.storageKeyPrefix, (message) => this.#emitError({ kind: 'storage', message }))
     this.#limiter = new AttemptLimiter(this.#o.maxAttemptsPerMinute, this.#o.attemptWindowMs)
     if (options.onAlert !== undefined) this.on('alert', options.onAlert)
     if (options.onState !== undefined) this.on('state', options.onState)
     if (options.onError !== undefined) this.on('error', options.onError)
+    if (options.onResumed !== undefined) this.on('resumed', options.onResumed)
+    if (options.onGap !== undefined) this.on('gap', options.onGap)
     // Next microtask: listeners added right after connect() see 'connecting'.
     queueMicrotask(() => { this.#openSocket() })
   }
@@ -65,6 +74,11 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   /** The current session's welcome frame; null while not connected. */
   get welcome (): Welcome | null {
     return this.#welcome
+  }
+
+  /** Where the client stands in each stream (what the next connect resumes from). */
+  get positions (): Since {
+    return this.#book.positions
   }
 
   /**
@@ -105,9 +119,14 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     if (this.#disposed || this.#opening) return
     this.#opening = true
     this.#setState({ state: 'connecting' })
-    Promise.resolve().then(() => this.#o.getToken()).then(checkToken).then((token) => {
+    let token = ''
+    Promise.resolve().then(() => this.#o.getToken()).then(checkToken).then(async (value) => {
+      token = value
+      // The user before any welcome: the token's own claim (see tokenSubject).
+      return this.#book.load(tokenSubject(token))
+    }).then((since) => {
       this.#opening = false
-      if (!this.#disposed) this.#dial(token)
+      if (!this.#disposed) this.#dial(token, since)
     }, (err: unknown) => {
       this.#opening = false
       if (this.#disposed) return
@@ -116,9 +135,14 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     })
   }
 
-  #dial (token: string): void {
+  #dial (token: string, since: Since): void {
     const url = new URL(this.#o.url)
     url.searchParams.set('token', token)
+    for (const stream of STREAMS) {
+      const pos = since[stream]
+      if (pos !== undefined) url.searchParams.set(`since_${stream}`, pos)
+    }
+    this.#asked = since
     this.#limiter.record(this.#o.now())
     let socket: WebSocketLike
     try {
@@ -146,12 +170,20 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     switch (frame?.type) {
       case 'welcome':
         this.#welcome = frame
+        this.#book.welcome(frame.userId, frame.pos)
         this.#attempt = 0
         this.#schedulePing(socket)
         this.#setState({ state: 'open' })
         break
       case 'alert':
         this.#onAlert(frame)
+        break
+      case 'resumed':
+        this.#onResumed(frame)
+        break
+      case 'gap':
+        this.#book.moveTo(frame.pos)
+        this.emit('gap', { streams: frame.streams, pos: frame.pos })
         break
       case 'reauth':
         this.#reauth()
@@ -174,9 +206,19 @@ export class AlertClient extends TypedEvents<ClientEvents> {
       this.#emitError({ kind: 'protocol', message: 'the server sent an alert without an id' })
       return
     }
+    // A duplicate still says where the stream stands.
+    this.#book.advance(alert.stream, alert.pos)
     if (!this.#recent.add(alert.id)) return
     this.emit('alert', alert)
     if (this.#o.autoAck) this.ack(alert.id)
+  }
+
+  #onResumed (frame: Resumed): void {
+    const asked = this.#asked
+    this.#book.moveTo(frame.pos)
+    // A stream whose position did not move missed nothing.
+    const gaps = frame.recovered ? [] : STREAMS.filter((s) => asked[s] !== undefined && asked[s] !== frame.pos[s])
+    this.emit('resumed', { recovered: frame.recovered, replayed: frame.replayed, gaps, pos: frame.pos })
   }
 
   #reauth (): void {

@@ -12,7 +12,9 @@ export function connect (options: ConnectOptions): AlertClient {
 
 export { AlertClient }
 export { AttemptLimiter, DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js'
-export { CloseCode, closePolicy, type Alert, type ClosePolicy, type Severity, type Welcome } from './protocol.js'
+export { CloseCode, closePolicy, type Alert, type ClosePolicy, type Positions, type Severity, type StreamName, type Welcome } from './protocol.js'
+export { MemoryStorage, type PositionStorage } from './position-storage.js'
 export { RecentIds } from './recent-ids.js'
+export { tokenSubject } from './token-subject.js'
 export type { ConnectOptions, WebSocketConstructor, WebSocketLike } from './options.js'
-export type { ClientError, ClientEvents, ConnectionState, Listener, StateChange } from './typed-events.js'
+export type { ClientError, ClientEvents, ConnectionState, GapNotice, Listener, ResumeResult, StateChange } from './typed-events.js'

@@ -1,6 +1,7 @@
 import { DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js'
+import { defaultStorage, type PositionStorage } from './position-storage.js'
 import type { Alert } from './protocol.js'
-import type { ClientError, Listener, StateChange } from './typed-events.js'
+import type { ClientError, GapNotice, Listener, ResumeResult, StateChange } from './typed-events.js'
 
 /**
  * What the client needs of a WebSocket: the browser's, Node 22's global one,
@@ -28,6 +29,17 @@ export interface ConnectOptions {
   onAlert?: Listener<Alert>
   onState?: Listener<StateChange>
   onError?: Listener<ClientError>
+  onResumed?: Listener<ResumeResult>
+  onGap?: Listener<GapNotice>
+  /**
+   * Where the stream positions are kept between page loads (a reload
+   * resumes where the page stood). Default `sessionStorage` (per tab) where
+   * there is one, else memory. Pass `localStorage` to share them between
+   * tabs, or any `{ getItem, setItem }`, sync or async.
+   */
+  storage?: PositionStorage
+  /** Prefix of the storage key; the user id (the token's `sub`) follows. Default `alert-gateway:positions:`. */
+  storageKeyPrefix?: string
   /** A WebSocket class; default `globalThis.WebSocket` (pass `ws` on Node 20). */
   WebSocket?: WebSocketConstructor
   /** Reconnect delays: full jitter between 0 and min(capMs, baseMs * 2^attempt). Default 500 ms -> 30 s. */
@@ -56,6 +68,8 @@ export interface ResolvedOptions {
   url: string
   getToken: () => string | Promise<string>
   WebSocket: WebSocketConstructor
+  storage: PositionStorage
+  storageKeyPrefix: string
   backoff: BackoffOptions
   maxAttemptsPerMinute: number
   attemptWindowMs: number
@@ -90,10 +104,15 @@ export function resolveOptions (options: ConnectOptions): ResolvedOptions {
   if (typeof options.getToken !== 'function') throw new TypeError('connect: option getToken must be a function')
   const WebSocket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
   if (WebSocket === undefined) throw new TypeError('connect: no global WebSocket here (Node 20): pass option WebSocket, e.g. the ws package')
+  if (options.storage !== undefined && (typeof options.storage?.getItem !== 'function' || typeof options.storage.setItem !== 'function')) {
+    throw new TypeError('connect: option storage must have getItem and setItem methods')
+  }
   return {
     url: wsUrl(options.url),
     getToken: options.getToken,
     WebSocket,
+    storage: options.storage ?? defaultStorage(),
+    storageKeyPrefix: options.storageKeyPrefix ?? 'alert-gateway:positions:',
     backoff: {
       baseMs: positive('backoff.baseMs', options.backoff?.baseMs, DEFAULT_BACKOFF.baseMs),
       capMs: positive('backoff.capMs', options.backoff?.capMs, DEFAULT_BACKOFF.capMs)

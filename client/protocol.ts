@@ -8,7 +8,8 @@
 import { CloseCode } from '../protocol/close-codes.js'
 
 export { CloseCode }
-export type { Alert, ClientFrame, Pong, Reauth, ServerError, ServerFrame, Severity, Welcome } from '../protocol/frames.js'
+export { isWellFormedPosition, type StreamName } from '../protocol/position.js'
+export type { Alert, ClientFrame, Gap, Pong, Positions, Reauth, Resumed, ServerError, ServerFrame, Severity, Welcome } from '../protocol/frames.js'
 
 /** What the client does after the server (or the network) ended a session. */
 export type ClosePolicy = 'reconnect' | 'logged-out' | 'replaced' | 'stop'

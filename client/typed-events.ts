@@ -1,4 +1,4 @@
-import type { Alert } from './protocol.js'
+import type { Alert, Positions, StreamName } from './protocol.js'
 
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed' | 'logged-out'
 
@@ -20,18 +20,45 @@ export interface ClientError {
    * token: getToken() failed; socket: the WebSocket could not be created;
    * timeout: no welcome or no pong in time (the link is dead); closed: the
    * server ended the session with a code that stops the client; server: an
-   * `error` frame; protocol: a frame the client cannot read.
+   * `error` frame; protocol: a frame the client cannot read; storage: the
+   * positions could not be read or written (the client carries on with
+   * those it holds in memory).
    */
-  kind: 'token' | 'socket' | 'timeout' | 'closed' | 'server' | 'protocol'
+  kind: 'token' | 'socket' | 'timeout' | 'closed' | 'server' | 'protocol' | 'storage'
   message: string
   /** The close code (kind closed) or the server's error code (kind server). */
   code?: number | string
+}
+
+/** A reconnect resumed from the client's positions (the server's `resumed` frame). */
+export interface ResumeResult {
+  /** True when nothing was missed; false when alerts may be missing (see `gaps`). */
+  recovered: boolean
+  /** Alerts the server replayed (marked `replay: true`), duplicates included. */
+  replayed: number
+  /**
+   * Streams that may have lost alerts: empty when recovered. The server does
+   * not say which stream it could not resume, so these are the streams the
+   * client asked for whose position moved; one that did not move missed
+   * nothing.
+   */
+  gaps: StreamName[]
+  /** Where the client now stands. */
+  pos: Positions
+}
+
+/** Alerts of `streams` may be missing up to `pos`, on a session that stayed open. */
+export interface GapNotice {
+  streams: StreamName[]
+  pos: Positions
 }
 
 export interface ClientEvents {
   alert: Alert
   state: StateChange
   error: ClientError
+  resumed: ResumeResult
+  gap: GapNotice
 }
 
 export type Listener<T> = (value: T) => void

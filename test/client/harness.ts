@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net'
 import WebSocket, { WebSocketServer } from 'ws'
 import { withTimeout } from '../helpers/timeout.js'
-import { connect, type AlertClient, type Alert, type ClientError, type ConnectOptions, type StateChange, type WebSocketConstructor, type WebSocketLike } from '../../client/index.js'
+import { connect, type AlertClient, type Alert, type ClientError, type ConnectOptions, type GapNotice, type ResumeResult, type StateChange, type WebSocketConstructor, type WebSocketLike } from '../../client/index.js'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
@@ -31,6 +31,8 @@ export class Recorded {
   readonly states: StateChange[] = []
   readonly alerts: Alert[] = []
   readonly errors: ClientError[] = []
+  readonly resumes: ResumeResult[] = []
+  readonly gaps: GapNotice[] = []
   readonly urls: string[]
   tokenCalls = 0
   #wakers: Array<() => void> = []
@@ -52,6 +54,8 @@ export class Recorded {
     this.client.on('state', (s) => { this.states.push(s); this.#wake() })
     this.client.on('alert', (a) => { this.alerts.push(a); this.#wake() })
     this.client.on('error', (e) => { this.errors.push(e); this.#wake() })
+    this.client.on('resumed', (r) => { this.resumes.push(r); this.#wake() })
+    this.client.on('gap', (g) => { this.gaps.push(g); this.#wake() })
     t.teardown(() => this.client.close())
   }
 
