@@ -1,6 +1,10 @@
-import { connect, type Alert, type AlertClient, type ClientError, type StateChange } from '../index.js'
+import { connect, type Alert, type AlertClient, type ClientError, type ResumeResult, type StateChange, type StreamName } from '../index.js'
 
-/** The demo page: log in with a development token, watch alerts arrive, publish some, log out. */
+/**
+ * The demo page: log in with a development token, watch alerts arrive
+ * (replayed ones marked, a notice when some may be missing), publish some,
+ * log out. A reload logs in again and resumes where the page stood.
+ */
 
 const byId = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T
 
@@ -13,6 +17,11 @@ const publishForm = byId<HTMLFormElement>('publish')
 const publishResult = byId<HTMLOutputElement>('publish-result')
 const alertsList = byId<HTMLOListElement>('alerts')
 const errorsList = byId<HTMLUListElement>('errors')
+const gapNotice = byId<HTMLParagraphElement>('gap-notice')
+const resumeStatus = byId<HTMLParagraphElement>('resume-status')
+
+/** The logged-in user, kept per tab so that a reload logs in again (and resumes). */
+const SUB_KEY = 'alert-gateway-demo:sub'
 
 const SEVERITIES = new Set(['info', 'warning', 'critical'])
 const MAX_SHOWN = 50
@@ -62,6 +71,7 @@ function showAlert (alert: Alert): void {
   const severity = SEVERITIES.has(alert.severity) ? alert.severity : 'info'
   item.className = `alert severity-${severity}`
   item.dataset.id = alert.id
+  if (alert.replay === true) item.dataset.replay = 'true'
   const badge = document.createElement('span')
   badge.className = 'severity'
   badge.textContent = severity
@@ -71,7 +81,14 @@ function showAlert (alert: Alert): void {
   const time = document.createElement('time')
   time.dateTime = new Date(alert.ts).toISOString()
   time.textContent = new Date(alert.ts).toLocaleTimeString()
-  item.append(time, badge, title)
+  item.append(time, badge)
+  if (alert.replay === true) {
+    const replayed = document.createElement('span')
+    replayed.className = 'replayed'
+    replayed.textContent = 'replayed'
+    item.append(replayed)
+  }
+  item.append(title)
   if (alert.body !== undefined) {
     const body = document.createElement('p')
     body.className = 'body'
@@ -86,12 +103,30 @@ function showError (error: ClientError): void {
   note(`${error.kind}: ${error.message}`)
 }
 
-loginForm.addEventListener('submit', (event) => {
-  event.preventDefault()
-  const sub = subInput.value.trim()
+/** Streams that may have lost alerts since the login: the notice stays up until the next one. */
+const gapStreams = new Set<StreamName>()
+
+function showGap (streams: StreamName[]): void {
+  for (const stream of streams) gapStreams.add(stream)
+  const names = [...gapStreams].sort().map((stream) => stream === 'all' ? 'broadcasts' : 'your own alerts').join(' and ')
+  gapNotice.dataset.streams = [...gapStreams].sort().join(' ')
+  gapNotice.textContent = `Some alerts may be missing (${names}): the gateway could not replay everything since this page last saw it.`
+  gapNotice.hidden = false
+}
+
+function showResumed (result: ResumeResult): void {
+  resumeStatus.textContent = `Resumed: ${result.replayed} alert(s) replayed, ${result.recovered ? 'nothing missing' : 'some may be missing'}.`
+  if (!result.recovered) showGap(result.gaps)
+}
+
+function logIn (sub: string): void {
   client?.close()
   currentSub = sub
+  sessionStorage.setItem(SUB_KEY, sub)
   userEl.textContent = `as ${sub}`
+  gapNotice.hidden = true
+  gapStreams.clear()
+  resumeStatus.textContent = ''
   const session = connect({
     url: new URL('/ws', location.href),
     // A fresh token before every connect and on every re-auth request.
@@ -101,13 +136,27 @@ loginForm.addEventListener('submit', (event) => {
       session.ack(alert.id)
     },
     onState: showState,
-    onError: showError
+    onError: showError,
+    onResumed: showResumed,
+    onGap: (gap) => showGap(gap.streams)
   })
   client = session
+}
+
+loginForm.addEventListener('submit', (event) => {
+  event.preventDefault()
+  logIn(subInput.value.trim())
 })
+
+const storedSub = sessionStorage.getItem(SUB_KEY)
+if (storedSub !== null) {
+  subInput.value = storedSub
+  logIn(storedSub)
+}
 
 logoutButton.addEventListener('click', () => {
   logoutButton.disabled = true
+  sessionStorage.removeItem(SUB_KEY)
   // The gateway closes the socket with 4403; the client stops by itself.
   postJson('/auth/logout', undefined, userToken).then((res) => {
     note(`logout answered ${res.status}`)

@@ -7,7 +7,9 @@ import t from 'tap'
 import { buildApp } from '../../src/app.js'
 import { devSecretEnv, testConfig } from '../helpers/config.js'
 import { freePort } from '../helpers/free-port.js'
-import { publish } from '../helpers/http.js'
+import { publish, waitForStatus } from '../helpers/http.js'
+import { RedisServer } from '../helpers/redis-server.js'
+import { waitUntil } from '../helpers/timeout.js'
 import { serviceToken } from '../helpers/tokens.js'
 
 // The demo page exists only on a generated development secret.
@@ -28,8 +30,8 @@ async function upgradesSeen (url: string): Promise<number> {
     .reduce((sum, line) => sum + Number(line.split(' ')[1]), 0)
 }
 
-async function gateway (port: number, listen: boolean): Promise<FastifyInstance> {
-  const app = await buildApp(testConfig(DEV_ENV), { defaultMetrics: false })
+async function gateway (port: number, listen: boolean, env: Record<string, string> = {}): Promise<FastifyInstance> {
+  const app = await buildApp(testConfig({ ...DEV_ENV, ...env }), { defaultMetrics: false })
   t.teardown(() => app.close())
   if (listen) await app.listen({ host: '127.0.0.1', port })
   else await app.ready()
@@ -114,6 +116,9 @@ t.test('the demo page in Chromium', {
     app = next
     await state('open', 20000)
     t.equal(app.sessions.size, 1, 'connected to the new instance')
+    // The in-process history went with the old instance: the resume could not recover.
+    await page.waitForSelector('#gap-notice', { state: 'visible', timeout: 5000 })
+    t.match(await page.textContent('#gap-notice'), 'Some alerts may be missing')
     const answer = await publish(base, svc, { target: { all: true }, severity: 'info', title: 'Back after the restart' })
     await page.waitForSelector(`#alerts li[data-id="${String(answer.body.id)}"]`, { timeout: 5000 })
     t.equal((await alertTitles())[0], 'Back after the restart')
@@ -131,6 +136,77 @@ t.test('the demo page in Chromium', {
     t.equal(await upgradesSeen(base), upgradesBefore, 'no upgrade attempt reached the gateway')
     t.equal(app.sessions.size, 0)
     t.equal(await page.getAttribute('#state', 'data-state'), 'logged-out', 'still logged out')
+  })
+
+  await t.test('on a Redis-backed gateway', async (t) => {
+    const redis = await RedisServer.start(t)
+    const redisPort = await freePort()
+    const redisBase = `http://127.0.0.1:${redisPort}`
+    const redisApp = await gateway(redisPort, true, { REDIS_URL: redis.url, MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000' })
+    await waitForStatus(`${redisBase}/ready`, 200)
+    const svc = serviceToken('svc', {}, redisApp.gatewayConfig.jwt.key)
+    const pageOf = async (sub: string): Promise<typeof page> => {
+      const opened = await browser.newPage()
+      opened.on('pageerror', (error) => pageErrors.push(error.message))
+      await opened.goto(redisBase)
+      await opened.fill('#sub', sub)
+      await opened.click('#login-button')
+      await opened.waitForSelector('#state[data-state="open"]', { timeout: 10000 })
+      return opened
+    }
+    const shown = async (on: typeof page): Promise<Array<{ id: string, replay: boolean, badge: boolean }>> => on.$$eval('#alerts li', (items) => items.map((i) => ({
+      id: (i as HTMLElement).dataset.id ?? '',
+      replay: (i as HTMLElement).dataset.replay === 'true',
+      badge: i.querySelector('.replayed')?.textContent === 'replayed'
+    })))
+    const reader = `reader-${randomUUID().slice(0, 8)}`
+    const readerPage = await pageOf(reader)
+
+    await t.test('a reload resumes: what was published meanwhile arrives once, marked replayed', async (t) => {
+      const live = await publish(redisBase, svc, { target: { userId: reader }, severity: 'info', title: 'before the reload' })
+      await readerPage.waitForSelector(`#alerts li[data-id="${String(live.body.id)}"]`, { timeout: 5000 })
+      t.same(await shown(readerPage), [{ id: live.body.id, replay: false, badge: false }], 'a live alert has no badge')
+      const missed: string[] = []
+      // The page's script is held until the old socket is gone and three alerts went by.
+      await readerPage.route('**/client/demo/app.js', async (route) => {
+        await waitUntil(() => redisApp.sessions.size === 0, 5000, 'the old page\'s socket to close')
+        for (const target of [{ userId: reader }, { all: true }, { userId: reader }]) {
+          missed.push(String((await publish(redisBase, svc, { target, severity: 'warning', title: 'while reloading' })).body.id))
+        }
+        await route.continue()
+      })
+      await readerPage.reload()
+      await readerPage.waitForSelector('#state[data-state="open"]', { timeout: 10000 })
+      await readerPage.unroute('**/client/demo/app.js')
+      await readerPage.waitForFunction(() => document.querySelectorAll('#alerts li').length >= 3, undefined, { timeout: 5000 })
+      await readerPage.waitForSelector('#resume-status:has-text("nothing missing")', { timeout: 5000 })
+      const after = await shown(readerPage)
+      t.same(after.map((a) => a.id).sort(), [...missed].sort(), 'every alert published during the reload, once; the one shown before is not replayed')
+      t.ok(after.every((a) => a.replay && a.badge), 'each marked replayed')
+      t.match(await readerPage.textContent('#resume-status'), 'Resumed: 3 alert(s) replayed, nothing missing')
+      t.ok(await readerPage.isHidden('#gap-notice'), 'no gap notice')
+      t.match(await readerPage.textContent('#user'), reader, 'logged in again by itself')
+    })
+
+    await t.test('a Redis restart without persistence: a gap notice on the open page and on a page that resumes afterwards', async (t) => {
+      const away = `away-${randomUUID().slice(0, 8)}`
+      const awayPage = await pageOf(away)
+      await awayPage.goto('about:blank')
+      await waitUntil(() => redisApp.sessions.size === 1, 5000, 'the other page\'s socket to close')
+
+      await redis.stop()
+      await redis.start()
+      await readerPage.waitForSelector('#gap-notice[data-streams="all user"]', { state: 'visible', timeout: 30000 })
+      t.match(await readerPage.textContent('#gap-notice'), 'Some alerts may be missing (broadcasts and your own alerts)')
+      t.equal(await readerPage.getAttribute('#state', 'data-state'), 'open', 'the page stayed connected')
+
+      await waitForStatus(`${redisBase}/ready`, 200)
+      await awayPage.goto(redisBase)
+      await awayPage.waitForSelector('#gap-notice', { state: 'visible', timeout: 10000 })
+      t.match(await awayPage.textContent('#resume-status'), 'some may be missing')
+      t.equal(await awayPage.getAttribute('#gap-notice', 'data-streams'), 'all user')
+      t.equal(await awayPage.getAttribute('#gap-notice', 'data-testid'), 'gap-notice')
+    })
   })
 
   t.same(pageErrors, [], 'no script error on the page')
