@@ -31,8 +31,12 @@ export interface Broker {
   close (): Promise<void>
 }
 
-/** The topic of broadcasts. */
-export const ALL_TOPIC = 'all'
+/**
+ * The topic of broadcasts. Its hash tag puts the channel in the slot of the
+ * broadcast history's keys (`all-hist:{all}`), so on Redis Cluster the
+ * script that appends a broadcast can also publish it.
+ */
+export const ALL_TOPIC = 'all:{all}'
 
 /**
  * One user's topic. The hash tag keeps it in the slot of the user's keys

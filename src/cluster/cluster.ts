@@ -95,6 +95,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
         limits: opts.history,
         channelOf: (topic) => broker.channelOf(topic),
         origin: broker.everyInstance,
+        publishCommand: broker.publishCommand,
         topicOf
       }),
     idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs),

@@ -49,6 +49,9 @@ export class RedisBroker implements Broker {
   /** The subscriber is ready and every channel is subscribed again. */
   #subscribed = false
   #closing = false
+  /** Sharded pub/sub on a Redis Cluster (SPUBLISH/SSUBSCRIBE). */
+  readonly #sharded: boolean
+  #everSubscribed = false
   // The probe: a message to this instance's own channel every interval.
   readonly #probeChannel: string
   readonly #probeIntervalMs: number
@@ -69,7 +72,8 @@ export class RedisBroker implements Broker {
     this.#probeChannel = `${opts.prefix}probe:{${opts.instanceId}}`
     // Restored after every reconnect with the other channels.
     if (this.#probeIntervalMs > 0) this.#topics.add(`probe:{${opts.instanceId}}`)
-    for (const client of [this.#command, this.#subscriber]) {
+    this.#sharded = opts.connections.sharded
+    for (const client of this.#sharded ? [this.#command] : [this.#command, this.#subscriber]) {
       // Without an 'error' listener ioredis errors would crash the process.
       client.on('error', (err) => this.#log.debug({ err: err.message }, 'redis connection error'))
       client.on('close', () => {
@@ -77,9 +81,42 @@ export class RedisBroker implements Broker {
         this.#updateConnected()
       })
     }
-    this.#command.on('ready', () => this.#updateConnected())
-    this.#subscriber.on('ready', () => { this.#resubscribe() })
-    this.#subscriber.on('messageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel, message))
+    if (this.#sharded) {
+      this.#listenSharded()
+    } else {
+      this.#command.on('ready', () => this.#updateConnected())
+      this.#subscriber.on('ready', () => { this.#resubscribe() })
+      this.#subscriber.on('messageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel, message))
+    }
+  }
+
+  /**
+   * On a Cluster, ioredis keeps one subscriber connection per master and
+   * moves the channels itself when slots move or a shard fails over: the
+   * subscriptions are ours to make once, and its subscriber events say when
+   * they were interrupted and when they are all in place again (then the
+   * delivery catches up).
+   */
+  #listenSharded (): void {
+    const cluster = this.#command
+    cluster.on('ready', () => {
+      if (!this.#everSubscribed) {
+        this.#resubscribe()
+        return
+      }
+      this.#subscribed = true
+      this.#updateConnected()
+    })
+    cluster.on('-subscriber', () => {
+      this.#subscribed = false
+      this.#updateConnected()
+    })
+    cluster.on('subscribersReady', () => {
+      if (!this.#everSubscribed) return
+      this.#subscribed = cluster.status === 'ready'
+      this.#updateConnected()
+    })
+    cluster.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel, message))
   }
 
   get connected (): boolean {
@@ -110,11 +147,17 @@ export class RedisBroker implements Broker {
       return
     }
     /* c8 ignore stop */
+    this.#everSubscribed = true
     this.#subscribed = this.#subscriber.status === 'ready'
     this.#updateConnected()
   }
 
   async #subscribeAll (channels: string[]): Promise<void> {
+    if (this.#sharded) {
+      // SSUBSCRIBE takes channels of one slot: one command each (pipelined).
+      await Promise.all(channels.map((channel) => this.#subscriber.ssubscribe(channel)))
+      return
+    }
     for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
       await this.#subscriber.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH))
     }
@@ -143,7 +186,9 @@ export class RedisBroker implements Broker {
     // Not sent yet: drop it from the batch. Otherwise unsubscribe now, on the
     // connection that carried the SUBSCRIBE, so the two stay in order. If
     // Redis is down the subscription is gone anyway and not restored.
-    if (!this.#pendingChannels.delete(channel)) this.#subscriber.unsubscribe(channel).catch(() => {})
+    if (!this.#pendingChannels.delete(channel)) {
+      (this.#sharded ? this.#subscriber.sunsubscribe(channel) : this.#subscriber.unsubscribe(channel)).catch(() => {})
+    }
   }
 
   /**
@@ -186,7 +231,7 @@ export class RedisBroker implements Broker {
       this.#probesMissed = 0
     }
     const seq = ++this.#probeSent
-    this.#command.publish(this.#probeChannel, String(seq)).catch(() => { /* counted as missed */ })
+    this.#publish(this.#probeChannel, String(seq)).catch(() => { /* counted as missed */ })
   }
 
   #onProbe (message: Buffer): void {
@@ -218,7 +263,16 @@ export class RedisBroker implements Broker {
     const message = Buffer.allocUnsafe(this.#origin.length + payload.length)
     this.#origin.copy(message, 0)
     payload.copy(message, this.#origin.length)
-    return await this.#command.publish(this.#prefix + topic, message)
+    return await this.#publish(this.#prefix + topic, message)
+  }
+
+  #publish (channel: string, message: Buffer | string): Promise<number> {
+    return this.#sharded ? this.#command.spublish(channel, message) as Promise<number> : this.#command.publish(channel, message)
+  }
+
+  /** The command that publishes on this broker's channels (for scripts). */
+  get publishCommand (): 'PUBLISH' | 'SPUBLISH' {
+    return this.#sharded ? 'SPUBLISH' : 'PUBLISH'
   }
 
   /** The channel of a topic (for messages published by a script). */
@@ -241,8 +295,8 @@ export class RedisBroker implements Broker {
   async close (): Promise<void> {
     this.#closing = true
     if (this.#probeTimer !== null) clearInterval(this.#probeTimer)
-    await Promise.allSettled([this.#subscriber.quit(), this.#command.quit()])
-    this.#subscriber.disconnect()
-    this.#command.disconnect()
+    const clients = this.#sharded ? [this.#command] : [this.#subscriber, this.#command]
+    await Promise.allSettled(clients.map((client) => client.quit()))
+    for (const client of clients) client.disconnect()
   }
 }

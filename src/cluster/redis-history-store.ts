@@ -9,7 +9,8 @@ import {
 /**
  * KEYS: stream, meta. ARGV: epoch if the stream has none, max entries,
  * retention (ms), meta ttl (ms), now (ms), channel, message prefix, frame
- * head, frame tail.
+ * head, frame tail, PUBLISH or SPUBLISH (Cluster: the channel is in the
+ * keys' slot).
  *
  * The meta hash holds the epoch (`e`) and the top sequence number (`s`). A
  * missing meta means the history is gone (never written, expired, or lost by
@@ -29,7 +30,7 @@ local pos = e .. ':' .. s
 local frame = ARGV[8] .. pos .. ARGV[9]
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local n = redis.call('PUBLISH', ARGV[6], ARGV[7] .. pos .. ' ' .. frame)
+local n = redis.call(ARGV[10], ARGV[6], ARGV[7] .. pos .. ' ' .. frame)
 return {e, s, n}
 `
 
@@ -83,6 +84,8 @@ export interface RedisHistoryStoreOptions {
   /** Prepended to every message: an origin no instance skips. */
   origin: Buffer
   topicOf: (owner: StreamOwner) => string
+  /** SPUBLISH on a Redis Cluster. */
+  publishCommand?: 'PUBLISH' | 'SPUBLISH'
 }
 
 /**
@@ -103,6 +106,7 @@ export class RedisHistoryStore implements HistoryStore {
   readonly #channelOf: (topic: string) => string
   readonly #topicOf: (owner: StreamOwner) => string
   readonly #prefixHead: Buffer
+  readonly #publishCommand: string
 
   constructor (opts: RedisHistoryStoreOptions) {
     const redis = opts.redis as Redis & Partial<HistoryCommands>
@@ -119,13 +123,14 @@ export class RedisHistoryStore implements HistoryStore {
     this.#channelOf = opts.channelOf
     this.#topicOf = opts.topicOf
     this.#prefixHead = Buffer.concat([opts.origin, Buffer.from('H')])
+    this.#publishCommand = opts.publishCommand ?? 'PUBLISH'
   }
 
   async append (owner: StreamOwner, head: string, tail: string): Promise<AppendResult> {
     const [stream, meta] = this.#keys(owner)
     const [epoch, seq, receivers] = await this.#redis.gwHistoryAppendBuffer(
       stream, meta, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
-      Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail
+      Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail, this.#publishCommand
     )
     return { epoch: epoch.toString('latin1'), seq, receivers }
   }

@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { parsePosition, type Position } from '../../../protocol/position.js'
+import { ALL_TOPIC, userTopic } from '../../../src/cluster/broker.js'
 import { historyMessage, readHistoryMessage, type HistoryLimits, type HistoryStore, type StreamOwner } from '../../../src/cluster/history-store.js'
 import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
 import { RedisHistoryStore } from '../../../src/cluster/redis-history-store.js'
@@ -29,7 +30,7 @@ type MakeBus = (t: Test, limits: HistoryLimits) => Promise<Bus>
 
 const ORIGIN = Buffer.from('o'.repeat(16))
 const LIMITS: HistoryLimits = { maxEntries: 3, retentionMs: 60_000 }
-const topicOf = (owner: StreamOwner): string => owner === null ? 'all' : `user:{${owner}}`
+const topicOf = (owner: StreamOwner): string => owner === null ? ALL_TOPIC : userTopic(owner)
 
 function memoryBus (_t: Test, limits: HistoryLimits): Promise<Bus> {
   const handed: Handed[] = []

@@ -1,7 +1,7 @@
 import t from 'tap'
 import pino from 'pino'
 import { Writable } from 'node:stream'
-import type { Broker, BrokerHandlers } from '../../../src/cluster/broker.js'
+import { ALL_TOPIC, type Broker, type BrokerHandlers } from '../../../src/cluster/broker.js'
 import { Delivery, type ControlEvent } from '../../../src/delivery/delivery.js'
 import type { SessionRegistry } from '../../../src/session/session-registry.js'
 
@@ -49,7 +49,7 @@ t.test('an alert goes to the local sessions first, then to the other instances',
   t.equal(await delivery.broadcast(Buffer.from('{"b":1}')), 3, 'the local sessions written')
   t.equal(await delivery.sendToUser('ann', Buffer.from('{"u":1}')), 1)
   t.same(local, ['all {"b":1}', 'ann {"u":1}'])
-  t.same(broker.published, [['all', 'A{"b":1}'], ['user:{ann}', 'A{"u":1}']], 'one type byte, then the frame as written')
+  t.same(broker.published, [[ALL_TOPIC, 'A{"b":1}'], ['user:{ann}', 'A{"u":1}']], 'one type byte, then the frame as written')
 })
 
 t.test('claims and logouts are applied here, then published', async (t) => {
@@ -64,9 +64,9 @@ t.test('what other instances publish reaches the sessions and the control handle
   const { delivery, broker, local, controls } = setup()
   const states: boolean[] = []
   delivery.start((connected) => { states.push(connected) })
-  t.same(broker.subscribed, ['all'], 'broadcasts subscribed at start')
-  broker.receive('all', 'A{"b":2}')
-  broker.receive('all', 'C9')
+  t.same(broker.subscribed, [ALL_TOPIC], 'broadcasts subscribed at start')
+  broker.receive(ALL_TOPIC, 'A{"b":2}')
+  broker.receive(ALL_TOPIC, 'C9')
   broker.receive('user:{bob}', 'A{"u":2}')
   broker.receive('user:{bob}', 'C4')
   broker.receive('user:{bob}', 'L123')
