@@ -30,6 +30,8 @@ function redactUrlField (value: unknown): unknown {
  * header included.
  */
 export function serializeError (err: Error): ReturnType<typeof stdSerializers.err> {
+  // `{ err: err.message }` logs the message as it is, not spread into characters.
+  if (typeof err !== 'object' || err === null) return err
   const { rawPacket: _rawPacket, ...serialized } = stdSerializers.err(err)
   return serialized as ReturnType<typeof stdSerializers.err>
 }

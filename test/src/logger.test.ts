@@ -163,3 +163,9 @@ t.test('clientErrorHandler answers as Fastify does and never logs the raw reques
   const all = [bad, overflow, timeout, noCode, unwritable].flatMap((a) => a.lines).join('')
   t.notMatch(all, /tok-\d|rawPacket/, 'neither the raw request nor its credentials are logged')
 })
+
+t.test('an err given as a message string is logged as that string', async (t) => {
+  const lines: string[] = []
+  capture(lines).warn({ err: 'Connection is closed.' }, 'redis connection error')
+  t.equal(JSON.parse(lines[0]).err, 'Connection is closed.')
+})
