@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks'
 import WebSocket from 'ws'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
+import { inLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
 
 const now = () => performance.timeOrigin + performance.now()
@@ -134,33 +135,18 @@ async function connect ({ system, urls, from, count, addresses, concurrency, tim
   const handshake = new Histogram()
   const errors = {}
   let ok = 0
-  let next = 0
-  let inFlight = 0
   const started = now()
-  await new Promise((resolve) => {
-    if (count === 0) return resolve()
-    let done = 0
-    const launch = () => {
-      while (inFlight < concurrency && next < count) {
-        const i = from + next
-        const localAddress = addresses.length === 0 ? undefined : addresses[next % addresses.length]
-        next++
-        inFlight++
-        open(system, urls[i % urls.length], `u${i}`, localAddress, timeoutMs).then((r) => {
-          inFlight--
-          done++
-          if (r.ok) {
-            ok++
-            handshake.record(r.ms)
-          } else {
-            errors[r.error] = (errors[r.error] ?? 0) + 1
-          }
-          if (done === count) resolve()
-          else launch()
-        })
-      }
+  await inLanes(count, concurrency, (k) => {
+    const i = from + k
+    const localAddress = addresses.length === 0 ? undefined : addresses[k % addresses.length]
+    return open(system, urls[i % urls.length], `u${i}`, localAddress, timeoutMs)
+  }, (r) => {
+    if (r.ok) {
+      ok++
+      handshake.record(r.ms)
+    } else {
+      errors[r.error] = (errors[r.error] ?? 0) + 1
     }
-    launch()
   })
   return { ok, failed: count - ok, errors, ms: now() - started, startedAt: started, handshake: handshake.toJSON() }
 }

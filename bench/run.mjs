@@ -7,7 +7,8 @@
  *   node bench/run.mjs --full    # 10k fan-out stage, then 100k over 6 instances
  *   node bench/run.mjs --smoke   # seconds; what the test suite runs
  *
- * Options (any stage field can be overridden): --systems=ws,sio,gateway
+ * Options (any stage field can be overridden): --systems=ws,sio,nohist,gateway
+ * (nohist: the gateway again, with HISTORY_MAX_ENTRIES=0)
  * --connections=N --instances=K --workers=W --broadcasts=N --single-rate=R
  * --single-seconds=S --heartbeat-ms=MS --idle-ms=MS --stage=NAME
  * --gateway-runtime=dist|ts  --gateway-script=FILE (another compiled build,
@@ -19,25 +20,33 @@
  * table per stage. See bench/README.md for the method.
  */
 import { spawnSync } from 'node:child_process'
-import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { Histogram } from './lib/histogram.mjs'
 import { forkWorker } from './lib/ipc.mjs'
+import { GATEWAY_SCRIPT, HISTORY_OFF, ROOT, baseEnv, ensureBuilt, gatewayCommit, gatewayEnv, serverEnv } from './lib/gateway.mjs'
 import { freePort, sleep, spawned, startRedis, startServer } from './lib/processes.mjs'
-import { BENCH_SECRET, serviceToken } from './lib/tokens.mjs'
+import { serviceToken } from './lib/tokens.mjs'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BENCH = fileURLToPath(new URL('.', import.meta.url))
 const now = () => performance.timeOrigin + performance.now()
 
+/**
+ * The systems a run can measure, in table order. `nohist` is the gateway
+ * started a second time with history off (HISTORY_MAX_ENTRIES=0): the
+ * history A/B in the same run, with the same build and client processes.
+ */
 const SYSTEMS = {
   ws: { label: 'ws (bare)', script: path.join(BENCH, 'references/ws-server.mjs') },
   sio: { label: 'Socket.IO 4', script: path.join(BENCH, 'references/socketio-server.mjs') },
-  gateway: { label: 'gateway' }
+  nohist: { label: 'gateway, history off', gateway: true, env: HISTORY_OFF },
+  gateway: { label: 'gateway', gateway: true, env: {} }
 }
+/** The wire protocol the client workers speak to a system. */
+const protocolOf = (system) => SYSTEMS[system].gateway === true ? 'gateway' : system
 
 /** Connections opened and closed before measuring: JIT and lazy state warm up. */
 const WARMUP_USER_BASE = 10_000_000
@@ -86,7 +95,8 @@ const PROFILES = {
     }]
   },
   quick: {
-    limitMinutes: 6,
+    // ~2 min on an idle box with four systems; 4 min at load 8-13.
+    limitMinutes: 8,
     stages: [{ name: 'quick' }]
   },
   full: {
@@ -105,14 +115,16 @@ const PROFILES = {
         broadcasts: 0,
         singleRate: 1000,
         singleSeconds: 40,
-        connectTimeoutMs: 60000
+        connectTimeoutMs: 60000,
+        // No broadcasts here: the history A/B is measured in the fan-out stage.
+        skipSystems: ['nohist']
       }
     ]
   }
 }
 
 function parseArgs (argv) {
-  const opts = { profile: 'quick', overrides: {}, build: 'auto', gatewayRuntime: 'dist', systems: ['ws', 'sio', 'gateway'] }
+  const opts = { profile: 'quick', overrides: {}, build: 'auto', gatewayRuntime: 'dist', systems: ['ws', 'sio', 'nohist', 'gateway'] }
   for (const arg of argv) {
     const [key, value] = arg.replace(/^--/, '').split('=')
     if (key in PROFILES) opts.profile = key
@@ -163,71 +175,20 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
   })
 }
 
-function newestMtime (dir) {
-  let newest = 0
-  for (const entry of readdirSync(path.join(ROOT, dir), { recursive: true })) {
-    if (!String(entry).endsWith('.ts')) continue
-    newest = Math.max(newest, statSync(path.join(ROOT, dir, String(entry))).mtimeMs)
-  }
-  return newest
-}
-
-/**
- * The bench's own build of the gateway: `tsc -p tsconfig.build.json` with
- * its output under node_modules/.cache, so another session cleaning or
- * rebuilding dist/ in a shared working tree cannot pull it away mid-run.
- * Packages resolve from the project's node_modules as they do from dist/.
- */
-const BUILD_DIR = path.join(ROOT, 'node_modules/.cache/alert-gateway-bench/dist')
-
-/** Compiles the gateway when the bench's build is missing or older than a source file. */
-function ensureBuilt (mode) {
-  if (mode === 'never') return
-  let built = 0
-  try { built = statSync(path.join(BUILD_DIR, 'src/server.js')).mtimeMs } catch {}
-  const sources = Math.max(...['src', 'plugins', 'routes', 'config'].map(newestMtime))
-  if (mode === 'auto' && built > sources) return
-  log(`compiling the gateway: tsc -p tsconfig.build.json --outDir ${path.relative(ROOT, BUILD_DIR)}`)
-  const tsc = path.join(ROOT, 'node_modules/typescript/bin/tsc')
-  const result = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', BUILD_DIR], { cwd: ROOT, stdio: 'inherit' })
-  if (result.status !== 0) throw new Error('the gateway does not compile')
-}
-
-function baseEnv () {
-  return { PATH: process.env.PATH, HOME: process.env.HOME ?? os.homedir(), LANG: 'C' }
-}
-
 function serverSpec (system, opts, stage, port, redisUrl, profDir) {
-  const env = {
-    ...baseEnv(),
-    HOST: '127.0.0.1',
-    PORT: String(port),
-    JWT_SECRET: BENCH_SECRET,
-    REDIS_URL: redisUrl,
-    HEARTBEAT_INTERVAL_MS: String(stage.heartbeatMs)
-  }
   const nodeArgs = profDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${system}-${port}.cpuprofile`]
-  if (system !== 'gateway') {
-    return { name: `${system}:${port}`, script: SYSTEMS[system].script, nodeArgs, env: { ...env, BENCH_EXIT_ON_SIGTERM: '1' }, graceMs: profDir === undefined ? 0 : 5000 }
+  const name = `${system}:${port}`
+  if (SYSTEMS[system].gateway !== true) {
+    const env = { ...serverEnv({ port, redisUrl, heartbeatMs: stage.heartbeatMs }), BENCH_EXIT_ON_SIGTERM: '1' }
+    return { name, script: SYSTEMS[system].script, nodeArgs, env, graceMs: profDir === undefined ? 0 : 5000 }
   }
-  Object.assign(env, {
-    NODE_ENV: 'development',
-    // Per-request info logs are not what is measured (see README).
-    LOG_LEVEL: 'warn',
-    // Generous limits: the limits are not what is measured.
-    MAX_CONNECTIONS_PER_IP: '10000000',
-    MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000',
-    REST_RATE_LIMIT_PER_MINUTE: '100000000',
-    PUBLISH_RATE_LIMIT_PER_MINUTE: '100000000',
-    MAX_PENDING_HANDSHAKES: '100000',
-    SHUTDOWN_TIMEOUT_MS: '2000'
-  })
+  const env = gatewayEnv({ port, redisUrl, heartbeatMs: stage.heartbeatMs, extra: SYSTEMS[system].env })
   if (opts.gatewayRuntime === 'ts') {
     // tap's TypeScript loader: the smoke test runs without a build.
-    return { name: `gateway:${port}`, script: path.join(ROOT, 'src/server.ts'), nodeArgs: [...nodeArgs, '--import=@tapjs/typescript/import'], env: { ...env, TS_NODE_TRANSPILE_ONLY: '1' }, graceMs: 8000 }
+    return { name, script: path.join(ROOT, 'src/server.ts'), nodeArgs: [...nodeArgs, '--import=@tapjs/typescript/import'], env: { ...env, TS_NODE_TRANSPILE_ONLY: '1' }, graceMs: 8000 }
   }
-  const script = opts.gatewayScript ?? path.join(BUILD_DIR, 'src/server.js')
-  return { name: `gateway:${port}`, script, nodeArgs, env, graceMs: profDir === undefined ? 3000 : 10000 }
+  const script = opts.gatewayScript ?? GATEWAY_SCRIPT
+  return { name, script, nodeArgs, env, graceMs: profDir === undefined ? 3000 : 10000 }
 }
 
 // ---------------------------------------------------------------- measuring
@@ -245,7 +206,7 @@ function plan (stage, stageIndex, systemIndex) {
   addressCount = Math.ceil(addressCount / workers) * workers
   // A fresh address set per system and stage: the previous system's closed
   // connections sit in TIME_WAIT on their ports for a minute.
-  const third = 1 + stageIndex * 3 + systemIndex
+  const third = 1 + stageIndex * Object.keys(SYSTEMS).length + systemIndex
   const shares = []
   let from = 0
   for (let w = 0; w < workers; w++) {
@@ -296,7 +257,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
     // Warm-up: connect, deliver a few alerts, disconnect.
     if (stage.warmup > 0) {
       const warm = await workers[0].rpc.call({
-        cmd: 'connect', system, urls, from: WARMUP_USER_BASE, count: stage.warmup, addresses: [], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+        cmd: 'connect', system: protocolOf(system), urls, from: WARMUP_USER_BASE, count: stage.warmup, addresses: [], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
       }, 120000)
       if (warm.ok === 0) throw new Error(`warm-up: no connection succeeded: ${JSON.stringify(warm.errors)}`)
       await publisher.rpc.call({ cmd: 'broadcast', urls, token, count: 4, concurrency: 2 })
@@ -311,7 +272,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
     const redisBefore = redis.cpuUs()
     const started = now()
     const connects = await Promise.all(workers.map((w, k) => w.rpc.call({
-      cmd: 'connect', system, urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+      cmd: 'connect', system: protocolOf(system), urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
     }, 30 * 60000)))
     const connectMs = now() - started
     const afterConnect = await statsAll(servers)
@@ -387,6 +348,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
         seconds: elapsedMs / 1000,
         deliveriesPerSec: deliveries / (elapsedMs / 1000),
         serverCpuUsPerDelivery: cpuDelta(before, after) / deliveries,
+        serverCpuUsPerAlert: cpuDelta(before, after) / stage.broadcasts,
         latencyMs: merged(received, 'latencyTs').summary(),
         statuses: sent.statuses,
         loopMaxMs: maxOf(after, (s) => s.loopMaxMs)
@@ -423,6 +385,9 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
         latencyFromTsMs: merged(stats, 'latencyTs').summary(),
         publisherLatenessMs: Histogram.fromJSON(sent.lateness).summary(),
         serverCpuPercentOfCore: cpuDelta(before, after) / (phaseMs * 1000) * 100,
+        // Every POST with its delivery, plus the heartbeats of the phase
+        // (the same for both gateway runs of a history A/B).
+        serverCpuUsPerAlert: cpuDelta(before, after) / sent.sent,
         statuses: sent.statuses,
         loopMaxMs: maxOf(after, (s) => s.loopMaxMs)
       }
@@ -465,10 +430,12 @@ function rows (stage) {
     { name: 'handshake: Redis CPU per upgrade (us)', get: (r) => r.connect?.redisCpuUsPerHandshake },
     { name: 'handshakes per second', get: (r) => r.connect?.handshakesPerSec, digits: 0 },
     { name: 'handshake latency p50 / p99 (ms)', get: (r) => r.connect?.latencyMs.p99, show: (r) => `${fmt(r.connect?.latencyMs.p50)} / ${fmt(r.connect?.latencyMs.p99)}` },
-    { name: `broadcast deliveries per second (${stage.broadcasts} x ${stage.connections})`, get: (r) => r.broadcast?.deliveriesPerSec, digits: 0, target: { ws: ['>=', 0.8], sio: ['>=', 2] }, skip: stage.broadcasts === 0 },
+    { name: `broadcast deliveries per second (${stage.broadcasts} x ${stage.connections})`, get: (r) => r.broadcast?.deliveriesPerSec, digits: 0, target: { ws: ['>=', 0.8], sio: ['>=', 2], nohist: ['>=', 0.9] }, skip: stage.broadcasts === 0 },
     { name: 'broadcast server CPU per delivery (us)', get: (r) => r.broadcast?.serverCpuUsPerDelivery, digits: 2, skip: stage.broadcasts === 0 },
+    { name: 'broadcast server CPU per POST /alerts (us)', get: (r) => r.broadcast?.serverCpuUsPerAlert, digits: 0, skip: stage.broadcasts === 0 },
     { name: 'broadcast latency p50 / p99 / max (ms)', get: (r) => r.broadcast?.latencyMs.p99, show: (r) => latencyCell(r.broadcast?.latencyMs), skip: stage.broadcasts === 0 },
     { name: single, get: (r) => r.single?.latencyMs.p99, show: (r) => latencyCell(r.single?.latencyMs), skip: stage.singleRate === 0, absolute: 50 },
+    { name: 'single-user server CPU per POST /alerts, heartbeats included (us)', get: (r) => r.single?.serverCpuUsPerAlert, digits: 0, target: { nohist: ['+', 150] }, skip: stage.singleRate === 0 },
     { name: 'single-user alerts lost', get: (r) => r.single?.lost, digits: 0, skip: stage.singleRate === 0 },
     { name: 'unexpected disconnects', get: (r) => r.unexpectedCloses, digits: 0 }
   ].filter((row) => row.skip !== true)
@@ -479,14 +446,23 @@ function latencyCell (l) {
   return `${fmt(l.p50)} / ${fmt(l.p99)} / ${fmt(l.max, 0)}`
 }
 
+/** Targets: `[op, bound]` on the ratio gateway / reference, or `['+', us]` on the difference. */
+const TARGET_NAMES = { ws: 'ws', sio: 'sio', nohist: 'history off' }
+
 function verdict (row, gw, refs) {
   const parts = []
   if (row.target !== undefined) {
     for (const [ref, [op, bound]] of Object.entries(row.target)) {
+      if (op === '+') {
+        const extra = gw - refs[ref]
+        if (!Number.isFinite(extra)) continue
+        parts.push(`<= ${TARGET_NAMES[ref]} + ${bound}: ${extra <= bound ? 'met' : 'NOT met'} (${extra >= 0 ? '+' : ''}${extra.toFixed(0)})`)
+        continue
+      }
       const value = gw / refs[ref]
       if (!Number.isFinite(value)) continue
       const ok = op === '<=' ? value <= bound : value >= bound
-      parts.push(`${op} ${bound}x ${ref}: ${ok ? 'met' : 'NOT met'}`)
+      parts.push(`${op} ${bound}x ${TARGET_NAMES[ref]}: ${ok ? 'met' : 'NOT met'}`)
     }
   }
   if (row.absolute !== undefined && Number.isFinite(gw)) {
@@ -497,11 +473,11 @@ function verdict (row, gw, refs) {
 
 function table (stageResult) {
   const { stage, systems } = stageResult
-  const present = ['ws', 'sio', 'gateway'].filter((s) => systems[s] !== undefined)
+  const present = Object.keys(SYSTEMS).filter((s) => systems[s] !== undefined)
   const header = ['', ...present.map((s) => SYSTEMS[s].label)]
   const hasGw = systems.gateway !== undefined
-  if (hasGw && systems.ws) header.push('gateway / ws')
-  if (hasGw && systems.sio) header.push('gateway / Socket.IO')
+  const against = hasGw ? [['ws', 'gateway / ws'], ['sio', 'gateway / Socket.IO'], ['nohist', 'history on / off']].filter(([s]) => systems[s] !== undefined) : []
+  for (const [, title] of against) header.push(title)
   if (hasGw) header.push('target')
   const lines = [header, header.map(() => '---')]
   for (const row of rows(stage)) {
@@ -509,9 +485,12 @@ function table (stageResult) {
     for (const s of present) line.push(row.show ? row.show(systems[s]) : fmt(row.get(systems[s]), row.digits ?? 1))
     if (hasGw) {
       const gw = row.get(systems.gateway)
-      if (systems.ws) line.push(ratio(gw, row.get(systems.ws)))
-      if (systems.sio) line.push(ratio(gw, row.get(systems.sio)))
-      line.push(verdict(row, gw, { ws: systems.ws && row.get(systems.ws), sio: systems.sio && row.get(systems.sio) }))
+      const refs = {}
+      for (const [s] of against) {
+        refs[s] = row.get(systems[s])
+        line.push(ratio(gw, refs[s]))
+      }
+      line.push(verdict(row, gw, refs))
     }
     lines.push(line)
   }
@@ -523,8 +502,6 @@ function table (stageResult) {
 
 function machine () {
   const limit = spawnSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).stdout.trim()
-  const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim()
-  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'src', 'plugins', 'routes', 'config'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim() !== ''
   return {
     date: new Date().toISOString(),
     node: process.version,
@@ -534,7 +511,7 @@ function machine () {
     openFiles: limit,
     kernel: os.release(),
     loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
-    gatewayCommit: `${git}${dirty ? ' (with uncommitted changes)' : ''}`
+    gatewayCommit: gatewayCommit()
   }
 }
 
@@ -550,7 +527,7 @@ async function main () {
   }, profile.limitMinutes * 60000)
   hardStop.unref()
 
-  if (opts.systems.includes('gateway') && opts.gatewayRuntime === 'dist' && opts.gatewayScript === undefined) ensureBuilt(opts.build)
+  if (opts.systems.some((s) => SYSTEMS[s].gateway === true) && opts.gatewayRuntime === 'dist' && opts.gatewayScript === undefined) ensureBuilt(opts.build)
   if (opts.prof !== undefined) mkdirSync(opts.prof, { recursive: true })
   if (opts.heapSnapshot !== undefined) mkdirSync(opts.heapSnapshot, { recursive: true })
 
@@ -571,6 +548,7 @@ async function main () {
     const stageResult = { stage, systems: {} }
     stages.push(stageResult)
     for (const [systemIndex, system] of opts.systems.entries()) {
+      if (stage.skipSystems?.includes(system)) continue
       const result = { system, label: SYSTEMS[system].label }
       stageResult.systems[system] = result
       try {

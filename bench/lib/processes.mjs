@@ -142,3 +142,55 @@ export async function startServer ({ name, nodeArgs = [], script, env, port, rea
     stop: () => stopChild(child, exited, graceMs)
   }
 }
+
+/**
+ * The last-resort exits of a bench script: on exit, SIGINT, SIGTERM and
+ * after `limitMinutes`, every process it started (`spawned`, and `children`
+ * added by the caller) is killed. Returns the set for the caller's children.
+ */
+export function stopOnExit (limitMinutes, log) {
+  const children = new Set()
+  const killAll = () => {
+    for (const child of [...children, ...spawned]) {
+      try { child.kill('SIGKILL') } catch {}
+    }
+  }
+  process.once('exit', killAll)
+  for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => { killAll(); process.exit(130) })
+  setTimeout(() => {
+    log(`time limit of ${limitMinutes} min reached: stopping`)
+    killAll()
+    process.exit(2)
+  }, limitMinutes * 60000).unref()
+  return { children, killAll }
+}
+
+/**
+ * Runs `start(k)` for k = 0..count-1, at most `concurrency` at a time;
+ * `done(result, k)` sees each result. Resolves when all have finished.
+ */
+export function inLanes (count, concurrency, start, done = () => {}) {
+  let next = 0
+  return Promise.all(Array.from({ length: Math.min(concurrency, count) }, async () => {
+    while (next < count) {
+      const k = next++
+      done(await start(k), k)
+    }
+  }))
+}
+
+/** POSTs `body` (a JSON string) to `/alerts` with a service token; resolves on 202. */
+export function postAlert (baseUrl, agent, token, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${baseUrl}/alerts`, {
+      method: 'POST',
+      agent,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
+    }, (res) => {
+      res.resume()
+      res.on('end', () => res.statusCode === 202 ? resolve() : reject(new Error(`POST /alerts: status ${res.statusCode}`)))
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}

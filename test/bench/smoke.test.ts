@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-const SYSTEMS = ['ws', 'sio', 'gateway'] as const
+const SYSTEMS = ['ws', 'sio', 'nohist', 'gateway'] as const
 
 interface SystemResult {
   connect: { attempted: number, connected: number, serverCpuUsPerHandshake: number }
@@ -17,10 +17,10 @@ interface SystemResult {
   serversAlive: boolean
 }
 
-// The whole bench (three systems, Redis, client and publisher processes) in
-// seconds. The gateway runs from source through tap's TypeScript loader, so
-// no build is needed; the bench and the servers it starts are not product
-// code, so their coverage is not collected.
+// The whole bench (three systems, the gateway again with history off, Redis,
+// client and publisher processes) in seconds. The gateway runs from source
+// through tap's TypeScript loader, so no build is needed; the bench and the
+// servers it starts are not product code, so their coverage is not collected.
 t.setTimeout(120_000)
 
 t.test('the short bench runs end to end with tiny numbers and prints the ratio table', async (t) => {
@@ -42,7 +42,8 @@ t.test('the short bench runs end to end with tiny numbers and prints the ratio t
   clearTimeout(killer)
 
   t.equal(code, 0, 'the bench exits cleanly', { stderr: stderr.slice(-4000) })
-  t.match(stdout, /\| connections held \| 200 \| 200 \| 200 \| 1\.00x \| 1\.00x \|/, 'the table has the three systems side by side')
+  t.match(stdout, /\| connections held \| 200 \| 200 \| 200 \| 200 \| 1\.00x \| 1\.00x \| 1\.00x \|/, 'the table has the three systems, and the gateway with history off, side by side')
+  t.match(stdout, /history on \/ off/, 'the history A/B has its column')
   t.match(stdout, /broadcast deliveries per second/)
   t.match(stdout, /handshake: server CPU per upgrade/)
 
