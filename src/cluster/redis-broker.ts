@@ -17,6 +17,9 @@ export interface RedisBrokerOptions {
   probeIntervalMs?: number
 }
 
+/** Wait before reconnecting a connection ioredis gave up on. */
+const REVIVE_DELAY_MS = 500
+
 /** Probes missed in a row before the subscription counts as broken. */
 const PROBES_MISSED_BROKEN = 2
 
@@ -80,6 +83,7 @@ export class RedisBroker implements Broker {
         if (client === this.#subscriber) this.#subscribed = false
         this.#updateConnected()
       })
+      client.on('end', () => this.#revive(client))
     }
     if (this.#sharded) {
       this.#listenSharded()
@@ -117,6 +121,20 @@ export class RedisBroker implements Broker {
       this.#updateConnected()
     })
     cluster.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel, message))
+  }
+
+  /**
+   * ioredis gives up on a connection in some races (a Sentinel failover
+   * announced while it was asking a Sentinel for the master leaves it
+   * `end`, never retried): keep connecting until the broker closes.
+   */
+  #revive (client: Redis): void {
+    if (this.#closing) return
+    setTimeout(() => {
+      if (this.#closing || client.status !== 'end') return
+      this.#log.warn('redis connection ended: connecting again')
+      client.connect().catch(() => { /* another 'end' revives it again */ })
+    }, REVIVE_DELAY_MS).unref()
   }
 
   get connected (): boolean {
