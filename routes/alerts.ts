@@ -24,13 +24,17 @@ export default async function alertRoutes (fastify: FastifyInstance) {
   const { delivery, limits, metrics } = fastify
   const { idempotency } = fastify.cluster
 
-  async function publish (request: FastifyRequest, body: PublishAlert): Promise<PublishResult> {
+  async function publish (request: FastifyRequest, body: PublishAlert, idempotent?: { scope: string, key: string, fingerprint: string }): Promise<PublishResult> {
     const { target, severity, title } = body
     const alert: Alert = { type: 'alert', id: randomUUID(), ts: Date.now(), severity, title }
     if (body.body !== undefined) alert.body = body.body
     if (body.data !== undefined) alert.data = body.data
     try {
-      return { id: alert.id, ...await delivery.publish(target, alert) }
+      // The answer a retry gets if this request's reply is lost after the append.
+      const record = idempotent === undefined
+        ? undefined
+        : (stream: string) => idempotency.record(idempotent.scope, idempotent.key, idempotent.fingerprint, `{"id":"${alert.id}","delivered":0,"stream":"${stream}","pos":"`)
+      return { id: alert.id, ...await delivery.publish(target, alert, record) }
     } catch (err) {
       request.log.warn({ err, alertId: alert.id }, 'alert not stored and published')
       throw new BusUnavailableError()
@@ -64,10 +68,11 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     }
     let result: PublishResult
     try {
-      result = await publish(request, body)
+      result = await publish(request, body, { scope, key, fingerprint })
     } catch (err) {
-      // Not published: a retry may publish.
-      await idempotency.abandon(scope, key).catch(() => {})
+      // Not published, as far as we know: a retry may publish. If the append
+      // did run (its reply lost), it stored its answer, which stays.
+      await idempotency.abandon(scope, key, fingerprint).catch(() => {})
       throw err
     }
     await idempotency.complete(scope, key, fingerprint, JSON.stringify(result)).catch((err: Error) => {

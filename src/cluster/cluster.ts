@@ -96,6 +96,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
         channelOf: (topic) => broker.channelOf(topic),
         origin: broker.everyInstance,
         publishCommand: broker.publishCommand,
+        records: !connections.sharded,
         topicOf
       }),
     idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs),

@@ -36,12 +36,25 @@ export interface AppendResult {
 /** The stream of broadcasts is named by null, a user's stream by the user id. */
 export type StreamOwner = string | null
 
+/**
+ * An idempotency answer to store in the same step as the append, so that a
+ * retry after a publish whose reply was lost (Redis died after running it)
+ * finds the answer instead of publishing again: `value + pos + '"}'` is
+ * written to `key` for `ttlMs`.
+ */
+export interface AppendRecord {
+  key: string
+  value: string
+  ttlMs: number
+}
+
 export interface HistoryStore {
   /**
    * Appends the alert whose frame is `head + position + tail` to the stream,
    * then hands it to the instances following the stream, in one step.
+   * `record` is stored in that step where the store can (see AppendRecord).
    */
-  append (owner: StreamOwner, head: string, tail: string): Promise<AppendResult>
+  append (owner: StreamOwner, head: string, tail: string, record?: AppendRecord): Promise<AppendResult>
   /**
    * The stream's epoch and top, and with `from`: the newest entries (at most
    * the configured maximum, none older than the retention) after `from` when

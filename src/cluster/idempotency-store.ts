@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import type { AppendRecord } from './history-store.js'
 
 /**
  * What is known of an idempotency key: nothing yet (the caller now owns it
@@ -17,7 +18,14 @@ export type KeyState =
 export interface IdempotencyStore {
   begin (scope: string, key: string, fingerprint: string): Promise<KeyState>
   complete (scope: string, key: string, fingerprint: string, answer: string): Promise<void>
-  abandon (scope: string, key: string): Promise<void>
+  /** Frees a key still pending with `fingerprint` (never an answer stored meanwhile). */
+  abandon (scope: string, key: string, fingerprint: string): Promise<void>
+  /**
+   * The answer `answerHead + pos + '"}'` as the history's append stores it
+   * in its own step, or undefined where it cannot (memory: nothing survives
+   * a crash anyway).
+   */
+  record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord | undefined
 }
 
 /**
@@ -63,8 +71,13 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
     this.#set(`${scope}\n${key}`, `${DONE}${fingerprint}\n${answer}`, Date.now() + this.#windowMs)
   }
 
-  async abandon (scope: string, key: string): Promise<void> {
-    this.#keys.delete(`${scope}\n${key}`)
+  async abandon (scope: string, key: string, fingerprint: string): Promise<void> {
+    const id = `${scope}\n${key}`
+    if (this.#keys.get(id)?.value === PENDING + fingerprint) this.#keys.delete(id)
+  }
+
+  record (): AppendRecord | undefined {
+    return undefined
   }
 
   #set (id: string, value: string, expiresAt: number): void {
@@ -76,6 +89,16 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
   }
 }
 
+/** Deletes the key only while it still holds this request's pending mark. */
+const ABANDON = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`
+
+interface AbandonCommand {
+  gwIdempotencyAbandon: (key: string, pending: string) => Promise<number>
+}
+
 /** `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer for the window. */
 export class RedisIdempotencyStore implements IdempotencyStore {
   readonly #redis: Redis
@@ -83,6 +106,9 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   readonly #windowMs: number
 
   constructor (redis: Redis, prefix: string, windowMs: number) {
+    if ((redis as Partial<AbandonCommand>).gwIdempotencyAbandon === undefined) {
+      redis.defineCommand('gwIdempotencyAbandon', { numberOfKeys: 1, lua: ABANDON })
+    }
     this.#redis = redis
     this.#prefix = prefix
     this.#windowMs = windowMs
@@ -106,7 +132,11 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     await this.#redis.set(this.#key(scope, key), `${DONE}${fingerprint}\n${answer}`, 'PX', this.#windowMs)
   }
 
-  async abandon (scope: string, key: string): Promise<void> {
-    await this.#redis.del(this.#key(scope, key))
+  async abandon (scope: string, key: string, fingerprint: string): Promise<void> {
+    await (this.#redis as Redis & AbandonCommand).gwIdempotencyAbandon(this.#key(scope, key), PENDING + fingerprint)
+  }
+
+  record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord {
+    return { key: this.#key(scope, key), value: `${DONE}${fingerprint}\n${answerHead}`, ttlMs: this.#windowMs }
   }
 }

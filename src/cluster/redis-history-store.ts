@@ -3,14 +3,14 @@ import type { Position } from '../../protocol/position.js'
 import { taggedKey } from './user-key.js'
 import {
   STREAM_META_TTL_MS, newEpoch,
-  type AppendResult, type HistoryEntry, type HistoryLimits, type HistoryStore, type StreamOwner, type StreamRead
+  type AppendRecord, type AppendResult, type HistoryEntry, type HistoryLimits, type HistoryStore, type StreamOwner, type StreamRead
 } from './history-store.js'
 
 /**
- * KEYS: stream, meta. ARGV: epoch if the stream has none, max entries,
+ * KEYS: stream, meta, idempotency key (the stream again when none). ARGV: epoch if the stream has none, max entries,
  * retention (ms), meta ttl (ms), now (ms), channel, message prefix, frame
  * head, frame tail, PUBLISH or SPUBLISH (Cluster: the channel is in the
- * keys' slot).
+ * keys' slot), idempotency answer head ('' for none) and its ttl (ms).
  *
  * The meta hash holds the epoch (`e`) and the top sequence number (`s`). A
  * missing meta means the history is gone (never written, expired, or lost by
@@ -31,6 +31,7 @@ local frame = ARGV[8] .. pos .. ARGV[9]
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local n = redis.call(ARGV[10], ARGV[6], ARGV[7] .. pos .. ' ' .. frame)
+if ARGV[11] ~= '' then redis.call('SET', KEYS[3], ARGV[11] .. pos .. '"}', 'PX', ARGV[12]) end
 return {e, s, n}
 `
 
@@ -71,7 +72,7 @@ type AppendReply = [Buffer, number, number]
 type ReadReply = [Buffer, number, ...Buffer[]]
 
 interface HistoryCommands {
-  gwHistoryAppendBuffer: (stream: string, meta: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
+  gwHistoryAppendBuffer: (stream: string, meta: string, record: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
   gwHistoryReadBuffer: (stream: string, meta: string, ...args: Array<string | number>) => Promise<ReadReply>
 }
 
@@ -86,6 +87,11 @@ export interface RedisHistoryStoreOptions {
   topicOf: (owner: StreamOwner) => string
   /** SPUBLISH on a Redis Cluster. */
   publishCommand?: 'PUBLISH' | 'SPUBLISH'
+  /**
+   * Whether an idempotency answer can be written by the append script: not
+   * on a Cluster, where its key lives in another slot than the stream.
+   */
+  records?: boolean
 }
 
 /**
@@ -107,11 +113,12 @@ export class RedisHistoryStore implements HistoryStore {
   readonly #topicOf: (owner: StreamOwner) => string
   readonly #prefixHead: Buffer
   readonly #publishCommand: string
+  readonly #records: boolean
 
   constructor (opts: RedisHistoryStoreOptions) {
     const redis = opts.redis as Redis & Partial<HistoryCommands>
     if (redis.gwHistoryAppendBuffer === undefined) {
-      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 2, lua: APPEND })
+      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 3, lua: APPEND })
       redis.defineCommand('gwHistoryRead', { numberOfKeys: 2, lua: READ })
     }
     this.#redis = redis as Redis & HistoryCommands
@@ -124,13 +131,16 @@ export class RedisHistoryStore implements HistoryStore {
     this.#topicOf = opts.topicOf
     this.#prefixHead = Buffer.concat([opts.origin, Buffer.from('H')])
     this.#publishCommand = opts.publishCommand ?? 'PUBLISH'
+    this.#records = opts.records ?? true
   }
 
-  async append (owner: StreamOwner, head: string, tail: string): Promise<AppendResult> {
+  async append (owner: StreamOwner, head: string, tail: string, record?: AppendRecord): Promise<AppendResult> {
     const [stream, meta] = this.#keys(owner)
+    const stored = this.#records ? record : undefined
     const [epoch, seq, receivers] = await this.#redis.gwHistoryAppendBuffer(
-      stream, meta, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
-      Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail, this.#publishCommand
+      stream, meta, stored?.key ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
+      Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail, this.#publishCommand,
+      stored?.value ?? '', stored?.ttlMs ?? 0
     )
     return { epoch: epoch.toString('latin1'), seq, receivers }
   }

@@ -1,7 +1,7 @@
 import type { Alert, Gap, Positions, Resumed, Welcome } from '../../protocol/frames.js'
 import { formatPosition, parsePosition, type Position, type StreamName } from '../../protocol/position.js'
 import { ALL_TOPIC, userOfTopic, userTopic, type Broker } from '../cluster/broker.js'
-import { isNewerEpoch, readHistoryMessage, type HistoryEntry, type HistoryStore, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
+import { isNewerEpoch, readHistoryMessage, type AppendRecord, type HistoryEntry, type HistoryStore, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
 import type { SessionCounts } from '../cluster/session-counts.js'
 import type { Log } from '../lib/log.js'
 import type { Session } from '../session/session.js'
@@ -163,18 +163,22 @@ export class Delivery {
     this.#all?.close()
   }
 
-  /** Publishes an alert to its target; see PublishResult. */
-  async publish (target: Target, alert: Alert): Promise<PublishResult> {
+  /**
+   * Publishes an alert to its target; see PublishResult. `record` gives the
+   * idempotency answer to store with a single-stream append (see
+   * AppendRecord).
+   */
+  async publish (target: Target, alert: Alert, record?: (stream: StreamName) => AppendRecord | undefined): Promise<PublishResult> {
     if ('all' in target) {
       this.#metrics.published('all')
       if (this.#history === null) return { delivered: await this.broadcast(Buffer.from(JSON.stringify(alert))) + this.#others }
       const local = this.#sessions.writableOf(null)
-      const { epoch, seq } = await this.#history.append(null, ...this.#parts(alert, 'all'))
+      const { epoch, seq } = await this.#history.append(null, ...this.#parts(alert, 'all'), record?.('all'))
       return { delivered: local + this.#others, stream: 'all', pos: formatPosition(epoch, seq) }
     }
     if ('userId' in target) {
       this.#metrics.published('user')
-      return await this.#toUser(target.userId, alert, this.#history === null ? Buffer.from(JSON.stringify(alert)) : null)
+      return await this.#toUser(target.userId, alert, this.#history === null ? Buffer.from(JSON.stringify(alert)) : null, record?.('user'))
     }
     this.#metrics.published('users')
     const frame = this.#history === null ? Buffer.from(JSON.stringify(alert)) : null
@@ -188,11 +192,11 @@ export class Delivery {
    * To the user's stream; `delivered` counts the sessions here plus each
    * other instance following the user (one session each).
    */
-  async #toUser (userId: string, alert: Alert, frame: Buffer | null): Promise<PublishResult> {
+  async #toUser (userId: string, alert: Alert, frame: Buffer | null, record?: AppendRecord): Promise<PublishResult> {
     if (frame !== null) return { delivered: await this.sendToUser(userId, frame) }
     const watchedHere = this.#watched.has(userId) ? 1 : 0
     const local = this.#sessions.writableOf(userId)
-    const { epoch, seq, receivers } = await (this.#history as HistoryStore).append(userId, ...this.#parts(alert, 'user'))
+    const { epoch, seq, receivers } = await (this.#history as HistoryStore).append(userId, ...this.#parts(alert, 'user'), record)
     return { delivered: local + Math.max(0, receivers - watchedHere), stream: 'user', pos: formatPosition(epoch, seq) }
   }
 

@@ -87,10 +87,10 @@ t.test('Redis killed and restarted with persistence (AOF, fsync always) while al
     const problems = deliveryProblems(client, expectedFor(published, user))
     const unpublished = problems.filter((line) => line.includes(UNPUBLISHED))
     t.same(problems.filter((line) => !line.includes(UNPUBLISHED)), [], `${user}: every alert answered 202 for it, once, in position order`)
-    // A publish whose append ran but whose answer was lost in the crash is
-    // answered 503, and its retry publishes a second alert: a server bug, todo until fixed.
+    // Regression: a publish whose append ran but whose answer was lost in
+    // the crash was answered 503, and its retry published a second alert.
+    // The append now stores the idempotency answer in the same step.
     const explained = {
-      todo: 'a 503 whose append ran before the crash: its retry publishes a second alert (one key, two alerts)',
       refusedPublishes: published.filter((p) => p.refused.length > 0),
       warnings: [...a.logs, ...b.logs].filter((line) => line.includes('not stored'))
     }
