@@ -370,10 +370,14 @@ export class Delivery {
       deliver: owner === null
         ? (seq, frame) => { this.#sessions.broadcast(frame, seq) }
         : (seq, frame) => { this.#sessions.sendToUser(owner, frame, seq) },
-      gap: (pos, newEpoch) => {
+      gap: (pos, newEpoch, rewoundTo) => {
         const sessions = owner === null ? this.#sessions.list() : this.#sessions.sessionsOf(owner)
         const stream: StreamName = owner === null ? 'all' : 'user'
         for (const session of [...sessions]) {
+          if (rewoundTo !== undefined) {
+            if (owner === null) session.floorAll = Math.min(session.floorAll, rewoundTo)
+            else session.floorUser = Math.min(session.floorUser, rewoundTo)
+          }
           if (newEpoch !== null) {
             // A session that resumed into the new epoch already has its floor there.
             if ((owner === null ? session.floorAllEpoch : session.floorUserEpoch) === newEpoch) continue

@@ -13,9 +13,11 @@ export interface FollowHooks {
   /**
    * Alerts may be missing up to `pos`: tell the sessions following the
    * stream. With `newEpoch` the stream's epoch changed (its history was
-   * lost): positions of the old one mean nothing here any more.
+   * lost): positions of the old one mean nothing here any more. With
+   * `rewoundTo` the stream's positions after it were given again to other
+   * alerts (see StreamFollow): floors above it no longer hold.
    */
-  gap: (pos: string, newEpoch: string | null) => void
+  gap: (pos: string, newEpoch: string | null, rewoundTo?: number) => void
   caughtUp: (result: 'caught_up' | 'gap') => void
   log: Log
 }
@@ -145,6 +147,12 @@ export class StreamFollow {
       this.seq = 0
       this.#ring.length = 0
     }
+    if (!gap && read.top < this.seq) {
+      // The store has fewer alerts than were delivered here: lost (see #reused).
+      this.#rewind(read.top)
+      this.#hooks.caughtUp('gap')
+      return
+    }
     const first = read.entries.length > 0 ? read.entries[0].seq : read.top + 1
     if (first > this.seq + 1) {
       // Trimmed or expired before we could read it.
@@ -171,8 +179,36 @@ export class StreamFollow {
       this.seq = seq - 1
     }
     if (epoch !== this.epoch || seq > this.seq + 1) return false
-    if (seq === this.seq + 1) this.#deliver(seq, frame)
+    if (seq === this.seq + 1) {
+      this.#deliver(seq, frame)
+    } else if (this.#reused(seq, frame)) {
+      this.#rewind(seq - 1)
+      this.#deliver(seq, frame)
+    }
     return true
+  }
+
+  /**
+   * A position delivered here before now names another alert: the store
+   * lost the alerts from there on (a failover to a replica that had not
+   * received them) and gave their positions again. Only recent positions
+   * can be compared; older reuse shows in a catch-up as a top below ours.
+   */
+  #reused (seq: number, frame: Buffer): boolean {
+    const ring = this.#ring
+    for (let i = ring.length - 1; i >= 0; i--) {
+      if (ring[i].seq === seq) return !ring[i].frame.equals(frame)
+      if (ring[i].seq < seq) return false
+    }
+    return false
+  }
+
+  /** Back to `seq`: the alerts after it are lost; say so and let floors above it go. */
+  #rewind (seq: number): void {
+    this.seq = seq
+    while (this.#ring.length > 0 && this.#ring[this.#ring.length - 1].seq > seq) this.#ring.pop()
+    this.#hooks.log.warn({ pos: this.position }, 'stream positions given again: history lost alerts after this one')
+    this.#hooks.gap(this.position, null, seq)
   }
 
   #deliver (seq: number, frame: Buffer): void {

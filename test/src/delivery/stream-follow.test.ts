@@ -31,7 +31,7 @@ function setup (t: { teardown: (fn: () => unknown) => void }, ringSize = 4): {
       reads.push({ from, resolve, reject })
     }),
     deliver: (seq, frame) => { events.push(`deliver ${seq} ${frame.toString()}`) },
-    gap: (pos, newEpoch) => { events.push(newEpoch === null ? `gap ${pos}` : `gap ${pos} epoch ${newEpoch}`) },
+    gap: (pos, newEpoch, rewoundTo) => { events.push(newEpoch !== null ? `gap ${pos} epoch ${newEpoch}` : rewoundTo !== undefined ? `gap ${pos} rewound` : `gap ${pos}`) },
     caughtUp: (result) => { events.push(result) },
     log: pino({ level: 'debug' }, new Writable({ write (chunk, _e, cb) { logs.push(chunk.toString()); cb() } }))
   })
@@ -233,4 +233,30 @@ t.test('an alert of the old epoch queued across an epoch change does not keep th
   t.equal(reads.length, 2, 'answering them does not end the reads either')
   live(follow, 'new', 2)
   t.equal(events.at(-1), 'deliver 2 new2', 'the new epoch flows live again')
+})
+
+// Regression: after a Sentinel failover to a replica that had not received
+// the last alerts, the new master gave their positions to new alerts in the
+// same epoch, and the follow dropped every one of them as a duplicate.
+t.test('a position given again to another alert: gap, then the new alerts flow', async (t) => {
+  const { follow, events } = setup(t)
+  live(follow, 'e', 1, 2, 3)
+  follow.receive('e', 2, frame('e', 2))
+  t.same(events, ['deliver 1 e1', 'deliver 2 e2', 'deliver 3 e3'], 'the same alert again is a duplicate')
+  follow.receive('e', 2, Buffer.from('other2'))
+  follow.receive('e', 3, Buffer.from('other3'))
+  t.same(events.slice(3), ['gap e:1 rewound', 'deliver 2 other2', 'deliver 3 other3'], 'the lost ones announced, the new ones delivered')
+  t.equal(follow.position, 'e:3')
+})
+
+t.test('a catch-up that finds fewer alerts than were delivered rewinds with a gap', async (t) => {
+  const { follow, events, nextRead } = setup(t)
+  live(follow, 'e', 1, 2, 3)
+  follow.catchUp()
+  const read = await nextRead()
+  read.resolve({ epoch: 'e', top: 1, entries: [] })
+  await waitUntil(() => events.includes('gap'), 5000, 'the catch-up')
+  t.same(events.slice(3), ['read e:3', 'gap e:1 rewound', 'gap'])
+  follow.receive('e', 2, Buffer.from('new2'))
+  t.equal(events.at(-1), 'deliver 2 new2', 'the next position is delivered')
 })
