@@ -32,7 +32,7 @@ export function inPositionOrder<T extends { pos: string }> (alerts: T[]): T[] {
 }
 
 /** The alert frames a client received on `stream`, in arrival order. */
-export function alertsOn (client: TestClient, stream: 'all' | 'user'): Frame[] {
+export function alertsOn (client: Pick<TestClient, 'received'>, stream: 'all' | 'user'): Frame[] {
   return client.received.filter((f) => f.type === 'alert' && f.stream === stream)
 }
 
@@ -42,7 +42,7 @@ export function alertsOn (client: TestClient, stream: 'all' | 'user'): Frame[] {
  * extra, nothing twice), at the expected positions, positions increasing.
  * Empty when all is well; each line says what and where.
  */
-export function deliveryProblems (client: TestClient, expected: ExpectedStreams): string[] {
+export function deliveryProblems (client: Pick<TestClient, 'received'>, expected: ExpectedStreams): string[] {
   const problems: string[] = []
   for (const stream of ['all', 'user'] as const) {
     const want = expected[stream]
@@ -60,8 +60,9 @@ export function deliveryProblems (client: TestClient, expected: ExpectedStreams)
     }
     const inOrder = gotIds.filter((id) => wanted.has(id))
     if (new Set(inOrder).size === wantIds.length && inOrder.join() !== wantIds.join()) problems.push(`${stream}: out of position order: ${inOrder.join()} instead of ${wantIds.join()}`)
+    const wantPos = new Map(want.map((a) => [a.id, a.pos]))
     for (const frame of got) {
-      const expectedPos = want.find((a) => a.id === frame.id)?.pos
+      const expectedPos = wantPos.get(frame.id as string)
       if (expectedPos !== undefined && frame.pos !== expectedPos) problems.push(`${stream}: ${String(frame.id)} at ${String(frame.pos)}, published at ${expectedPos}`)
     }
     for (let i = 1; i < got.length; i++) {
