@@ -33,6 +33,7 @@ async function gatewayPlugin (fastify: FastifyInstance, opts: GatewayOptions) {
     log,
     history: cluster.history,
     sessionCounts: cluster.sessionCounts,
+    claims: cluster.claims,
     metrics: {
       published: (target) => metrics.alertsPublished.inc({ target }),
       resumed (recovered, replayed) {

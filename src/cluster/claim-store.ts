@@ -3,10 +3,21 @@ import { UserKey } from './user-key.js'
 
 /** Generations outlive any session; refreshed at every claim. */
 const GENERATION_TTL_SEC = 30 * 24 * 3600
+/** Connection counts outlive any instance that forgot to lower them by a day at most. */
+const HELD_TTL_SEC = 24 * 3600
 
-/** Cluster-wide, strictly increasing connection generations per user. */
+/**
+ * Cluster-wide, strictly increasing connection generations per user, and
+ * how many of the user's connections each instance holds (what `delivered`
+ * counts on the other instances).
+ */
 export interface ClaimStore {
+  /** The next generation; counts one more connection of the user held here. */
   nextGeneration (userId: string): Promise<number>
+  /** One connection of the user fewer here (after nextGeneration, once). */
+  released (userId: string): void
+  /** Connections of the user held by the other instances. */
+  othersHolding (userId: string): Promise<number>
   /** The user has no session being claimed here any more. */
   forget (userId: string): void
 }
@@ -21,26 +32,87 @@ export class MemoryClaimStore implements ClaimStore {
     return next
   }
 
+  released (_userId: string): void {}
+
+  async othersHolding (_userId: string): Promise<number> {
+    return 0
+  }
+
   // Forgotten with the user's last session, so the map cannot grow without bound.
   forget (userId: string): void {
     this.#generations.delete(userId)
   }
 }
 
-/** `<prefix>gen:{<userId>}`: INCR, expiring a month after the last claim. */
+/** Decrements this instance's count of the user's connections, dropping it at 0. */
+const RELEASE = `
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+`
+
+/** Sum of every instance's count but ARGV[1]'s. */
+const OTHERS = `
+local all = redis.call('HGETALL', KEYS[1])
+local sum = 0
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then sum = sum + tonumber(all[i + 1]) end
+end
+return sum
+`
+
+interface HeldCommands {
+  gwHeldRelease: (key: string, instanceId: string) => Promise<unknown>
+  gwHeldOthers: (key: string, instanceId: string) => Promise<number>
+}
+
+/**
+ * `<prefix>gen:{<userId>}`: INCR, expiring a month after the last claim.
+ * `<prefix>held:{<userId>}`: a hash of the user's connections per instance
+ * (a day's TTL, refreshed at every claim). An instance that dies leaves its
+ * count until then; `delivered` counts it only while some other instance
+ * still follows the user.
+ */
 export class RedisClaimStore implements ClaimStore {
   readonly #key: UserKey
+  readonly #held: (userId: string) => string
+  readonly #redis: Redis & HeldCommands
+  readonly #instanceId: string
 
-  constructor (redis: Redis, prefix: string) {
+  constructor (redis: Redis, prefix: string, instanceId = '') {
     this.#key = new UserKey(redis, prefix, 'gen')
+    this.#held = new UserKey(redis, prefix, 'held').of
+    if ((redis as Partial<HeldCommands>).gwHeldRelease === undefined) {
+      redis.defineCommand('gwHeldRelease', { numberOfKeys: 1, lua: RELEASE })
+      redis.defineCommand('gwHeldOthers', { numberOfKeys: 1, lua: OTHERS })
+    }
+    this.#redis = redis as Redis & HeldCommands
+    this.#instanceId = instanceId
   }
 
   async nextGeneration (userId: string): Promise<number> {
     const { redis } = this.#key
     const key = this.#key.of(userId)
-    // Both sent at once (one round trip); INCR is what must succeed.
-    const [generation] = await Promise.all([redis.incr(key), redis.expire(key, GENERATION_TTL_SEC)])
+    const held = this.#held(userId)
+    // All sent at once (one round trip); INCR is what must succeed.
+    const [generation] = await Promise.all([
+      redis.incr(key),
+      redis.expire(key, GENERATION_TTL_SEC),
+      redis.hincrby(held, this.#instanceId, 1),
+      redis.expire(held, HELD_TTL_SEC)
+    ])
     return generation
+  }
+
+  released (userId: string): void {
+    this.#redis.gwHeldRelease(this.#held(userId), this.#instanceId).catch(() => { /* expires with the key */ })
+  }
+
+  async othersHolding (userId: string): Promise<number> {
+    return await this.#redis.gwHeldOthers(this.#held(userId), this.#instanceId)
+  }
+
+  /** The key counting the user's connections per instance (history scripts read it). */
+  heldKey (userId: string): string {
+    return this.#held(userId)
   }
 
   forget (_userId: string): void {}

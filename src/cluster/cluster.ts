@@ -82,10 +82,11 @@ export function createCluster (opts: ClusterOptions): Cluster {
     }
   }
   const connections = createRedisConnections(target, opts.commandTimeoutMs)
+  const claims = new RedisClaimStore(connections.command, opts.prefix, opts.instanceId)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log, probeIntervalMs: opts.probeIntervalMs })
   return {
     broker,
-    claims: new RedisClaimStore(connections.command, opts.prefix),
+    claims,
     revocations: new RedisRevocationStore(connections.command, opts.prefix),
     history: opts.history.maxEntries === 0
       ? null
@@ -97,6 +98,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
         origin: broker.everyInstance,
         publishCommand: broker.publishCommand,
         records: !connections.sharded,
+        held: { keyOf: (userId) => claims.heldKey(userId), instanceId: opts.instanceId },
         topicOf
       }),
     idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs),

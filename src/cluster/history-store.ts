@@ -31,6 +31,8 @@ export interface AppendResult {
   seq: number
   /** Instances the alert was handed to (Redis: PUBLISH's count; memory: 0). */
   receivers: number
+  /** For a user's stream: the user's connections held by the other instances, when known. */
+  others?: number
 }
 
 /** The stream of broadcasts is named by null, a user's stream by the user id. */

@@ -7,10 +7,13 @@ import {
 } from './history-store.js'
 
 /**
- * KEYS: stream, meta, idempotency key (the stream again when none). ARGV: epoch if the stream has none, max entries,
+ * KEYS: stream, meta, idempotency key (the stream again when none), the
+ * user's connections per instance (the stream again for broadcasts). ARGV: epoch if the stream has none, max entries,
  * retention (ms), meta ttl (ms), now (ms), channel, message prefix, frame
  * head, frame tail, PUBLISH or SPUBLISH (Cluster: the channel is in the
- * keys' slot), idempotency answer head ('' for none) and its ttl (ms).
+ * keys' slot), idempotency answer head ('' for none) and its ttl (ms), this
+ * instance's id ('' for broadcasts). Returns epoch, seq, PUBLISH's count and
+ * the user's connections held by the other instances.
  *
  * The meta hash holds the epoch (`e`) and the top sequence number (`s`). A
  * missing meta means the history is gone (never written, expired, or lost by
@@ -32,7 +35,14 @@ redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local n = redis.call(ARGV[10], ARGV[6], ARGV[7] .. pos .. ' ' .. frame)
 if ARGV[11] ~= '' then redis.call('SET', KEYS[3], ARGV[11] .. pos .. '"}', 'PX', ARGV[12]) end
-return {e, s, n}
+local others = 0
+if ARGV[13] ~= '' then
+  local held = redis.call('HGETALL', KEYS[4])
+  for i = 1, #held, 2 do
+    if held[i] ~= ARGV[13] then others = others + tonumber(held[i + 1]) end
+  end
+end
+return {e, s, n, others}
 `
 
 /**
@@ -68,11 +78,11 @@ end
 return out
 `
 
-type AppendReply = [Buffer, number, number]
+type AppendReply = [Buffer, number, number, number]
 type ReadReply = [Buffer, number, ...Buffer[]]
 
 interface HistoryCommands {
-  gwHistoryAppendBuffer: (stream: string, meta: string, record: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
+  gwHistoryAppendBuffer: (stream: string, meta: string, record: string, held: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
   gwHistoryReadBuffer: (stream: string, meta: string, ...args: Array<string | number>) => Promise<ReadReply>
 }
 
@@ -92,6 +102,8 @@ export interface RedisHistoryStoreOptions {
    * on a Cluster, where its key lives in another slot than the stream.
    */
   records?: boolean
+  /** Where the user's connections per instance are counted (see RedisClaimStore). */
+  held?: { keyOf: (userId: string) => string, instanceId: string }
 }
 
 /**
@@ -114,11 +126,12 @@ export class RedisHistoryStore implements HistoryStore {
   readonly #prefixHead: Buffer
   readonly #publishCommand: string
   readonly #records: boolean
+  readonly #held: RedisHistoryStoreOptions['held']
 
   constructor (opts: RedisHistoryStoreOptions) {
     const redis = opts.redis as Redis & Partial<HistoryCommands>
     if (redis.gwHistoryAppendBuffer === undefined) {
-      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 3, lua: APPEND })
+      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 4, lua: APPEND })
       redis.defineCommand('gwHistoryRead', { numberOfKeys: 2, lua: READ })
     }
     this.#redis = redis as Redis & HistoryCommands
@@ -132,17 +145,19 @@ export class RedisHistoryStore implements HistoryStore {
     this.#prefixHead = Buffer.concat([opts.origin, Buffer.from('H')])
     this.#publishCommand = opts.publishCommand ?? 'PUBLISH'
     this.#records = opts.records ?? true
+    this.#held = opts.held
   }
 
   async append (owner: StreamOwner, head: string, tail: string, record?: AppendRecord): Promise<AppendResult> {
     const [stream, meta] = this.#keys(owner)
     const stored = this.#records ? record : undefined
-    const [epoch, seq, receivers] = await this.#redis.gwHistoryAppendBuffer(
-      stream, meta, stored?.key ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
+    const held = owner === null ? undefined : this.#held
+    const [epoch, seq, receivers, others] = await this.#redis.gwHistoryAppendBuffer(
+      stream, meta, stored?.key ?? stream, held?.keyOf(owner as string) ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
       Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail, this.#publishCommand,
-      stored?.value ?? '', stored?.ttlMs ?? 0
+      stored?.value ?? '', stored?.ttlMs ?? 0, held?.instanceId ?? ''
     )
-    return { epoch: epoch.toString('latin1'), seq, receivers }
+    return { epoch: epoch.toString('latin1'), seq, receivers, others: held === undefined ? undefined : others }
   }
 
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {

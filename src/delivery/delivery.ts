@@ -2,6 +2,7 @@ import type { Alert, Gap, Positions, Resumed, Welcome } from '../../protocol/fra
 import { formatPosition, parsePosition, type Position, type StreamName } from '../../protocol/position.js'
 import { ALL_TOPIC, userOfTopic, userTopic, type Broker } from '../cluster/broker.js'
 import { isNewerEpoch, readHistoryMessage, type AppendRecord, type HistoryEntry, type HistoryStore, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
+import type { ClaimStore } from '../cluster/claim-store.js'
 import type { SessionCounts } from '../cluster/session-counts.js'
 import type { Log } from '../lib/log.js'
 import type { Session } from '../session/session.js'
@@ -73,6 +74,8 @@ export interface DeliveryOptions {
   history?: HistoryStore | null
   sessionCounts?: SessionCounts
   metrics?: DeliveryMetrics
+  /** Counts of the user's connections per instance (for `delivered`). */
+  claims?: Pick<ClaimStore, 'othersHolding'> | null
 }
 
 function encode (type: number, payload: Buffer): Buffer {
@@ -110,6 +113,7 @@ export class Delivery {
   readonly #history: HistoryStore | null
   readonly #counts: SessionCounts | null
   readonly #metrics: DeliveryMetrics
+  readonly #claims: Pick<ClaimStore, 'othersHolding'> | null
   readonly #watched = new Map<string, { refs: number, ready: Promise<void>, follow: StreamFollow | null }>()
   readonly #all: StreamFollow | null
   #onControl: ((userId: string, event: ControlEvent) => void) | null = null
@@ -123,6 +127,7 @@ export class Delivery {
     this.#history = opts.history ?? null
     this.#counts = opts.sessionCounts ?? null
     this.#metrics = opts.metrics ?? NO_METRICS
+    this.#claims = opts.claims ?? null
     this.#all = this.#follow(null)
   }
 
@@ -189,15 +194,15 @@ export class Delivery {
   }
 
   /**
-   * To the user's stream; `delivered` counts the sessions here plus each
-   * other instance following the user (one session each).
+   * To the user's stream; `delivered` counts the sessions here plus the
+   * user's connections on the other instances following the user.
    */
   async #toUser (userId: string, alert: Alert, frame: Buffer | null, record?: AppendRecord): Promise<PublishResult> {
     if (frame !== null) return { delivered: await this.sendToUser(userId, frame) }
     const watchedHere = this.#watched.has(userId) ? 1 : 0
     const local = this.#sessions.writableOf(userId)
-    const { epoch, seq, receivers } = await (this.#history as HistoryStore).append(userId, ...this.#parts(alert, 'user'), record)
-    return { delivered: local + Math.max(0, receivers - watchedHere), stream: 'user', pos: formatPosition(epoch, seq) }
+    const { epoch, seq, receivers, others } = await (this.#history as HistoryStore).append(userId, ...this.#parts(alert, 'user'), record)
+    return { delivered: local + this.#remote(receivers - watchedHere, others), stream: 'user', pos: formatPosition(epoch, seq) }
   }
 
   /** The alert's frame around its position: `head + pos + tail`. */
@@ -215,13 +220,25 @@ export class Delivery {
 
   /**
    * Without history: to every session of the user; resolves to the sessions
-   * written here plus each other instance following the user.
+   * written here plus the user's connections on the other instances.
    */
   async sendToUser (userId: string, frame: Buffer): Promise<number> {
     const watchedHere = this.#watched.has(userId) ? 1 : 0
     const local = this.#sessions.sendToUser(userId, frame)
     const receivers = await this.#broker.publish(userTopic(userId), encode(ALERT, frame))
-    return local + Math.max(0, receivers - watchedHere)
+    const following = receivers - watchedHere
+    const others = following > 0 && this.#claims !== null ? await this.#claims.othersHolding(userId).catch(() => undefined) : undefined
+    return local + this.#remote(following, others)
+  }
+
+  /**
+   * The user's connections elsewhere: none unless another instance follows
+   * the user (a count left by an instance that died is not counted), else
+   * their count, or one per following instance when it is not known.
+   */
+  #remote (following: number, others: number | undefined): number {
+    if (following <= 0) return 0
+    return Math.max(following, others ?? 0)
   }
 
   /** Applies a claim or logout here, then on the instances watching the user. */

@@ -95,6 +95,7 @@ export class UserClaims {
   }
 
   release (userId: string): void {
+    this.#store.released(userId)
     this.#delivery.unwatch(userId)
     if (this.#delivery.watching(userId)) return
     this.#newest.delete(userId)

@@ -110,13 +110,24 @@ t.test('many users over two instances sharing one Redis', { timeout: 150_000 }, 
     t.equal(await delivered(a.url, { userId: both }), 2, 'one session on each instance')
     t.equal(await delivered(a.url, { userIds: [both, onB] }), 3, 'userIds: every session of each user')
 
-    // Counted per instance, not per session: see the report of this test.
-    const perInstance = { todo: 'delivered counts one session per other instance following the user (PUBLISH receivers), not its sessions there' }
+    // Regression: the other instance counted as one session, however many it held.
     const twiceOnB = `${run}-twice-on-b`
     await TestClient.connectAs(b.wsUrl, twiceOnB)
     await TestClient.connectAs(b.wsUrl, twiceOnB)
     t.equal(await delivered(b.url, { userId: twiceOnB }), 2, 'two sessions here')
-    t.equal(await delivered(a.url, { userId: twiceOnB }), 2, 'two sessions on the other instance', perInstance)
-    t.equal(await delivered(a.url, { userIds: [twiceOnB, offline] }), 2, 'userIds: two sessions on the other instance', perInstance)
+    t.equal(await delivered(a.url, { userId: twiceOnB }), 2, 'two sessions on the other instance')
+    t.equal(await delivered(a.url, { userIds: [twiceOnB, offline] }), 2, 'userIds: two sessions on the other instance')
+  })
+
+  t.test('history off: delivered still counts every session of the user on every instance', async (t) => {
+    const [a, b] = await twoInstances(t, redis.url, { MAX_CONNECTIONS_PER_USER: '2', HISTORY_MAX_ENTRIES: '0' })
+    const user = `${randomUUID().slice(0, 8)}-off`
+    const delivered = async (url: string, target: unknown): Promise<unknown> => (await postAlert(url, svc, { target, severity: 'info', title: 'count' })).body.delivered
+    t.equal(await delivered(a.url, { userId: user }), 0, 'offline')
+    await TestClient.connectAs(b.wsUrl, user)
+    await TestClient.connectAs(b.wsUrl, user)
+    t.equal(await delivered(a.url, { userId: user }), 2, 'two sessions on the other instance')
+    await TestClient.connectAs(a.wsUrl, user)
+    await waitUntil(async () => await delivered(b.url, { userId: user }) === 2, 5000, 'the newest two sessions to remain')
   })
 })
