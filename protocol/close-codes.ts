@@ -9,6 +9,8 @@ export const CloseCode = {
   POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
+  /** Reserved by the contract: reconnect at once, with positions. Not sent by this build. */
+  SERVICE_RESTART: 1012,
   OVERLOADED: 1013,
   TOKEN_EXPIRED: 4401,
   LOGGED_OUT: 4403,
