@@ -99,3 +99,22 @@ export function gatewayCommit () {
   const dirty = spawnSync('git', ['status', '--porcelain', '--', 'src', 'plugins', 'routes', 'config', 'protocol'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim() !== ''
   return `${git}${dirty ? ' (with uncommitted changes)' : ''}`
 }
+
+/** `--name=value` of the command line, or `fallback`. */
+export const arg = (name, fallback) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? fallback
+
+/** Whether `--name` is on the command line. */
+export const flag = (name) => process.argv.includes(`--${name}`)
+
+/** `--build` / `--no-build` / neither, as ensureBuilt's mode. */
+export const buildMode = () => flag('build') ? 'always' : flag('no-build') ? 'never' : 'auto'
+
+/**
+ * What a run measured on: date, Node, CPUs, load, the gateway's commit, and
+ * `extra` (the run's options). Prints the header line `<name> <date>: ...`.
+ */
+export function runMeta (name, extra = {}) {
+  const meta = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100), gatewayCommit: gatewayCommit(), ...extra }
+  process.stdout.write(`${name} ${meta.date}: ${meta.cpus} x ${meta.cpuModel}, node ${meta.node}, load ${meta.loadAverageAtStart.join(' ')}; gateway ${meta.gatewayCommit}\n`)
+  return meta
+}
