@@ -35,6 +35,10 @@ export function createRedisConnections (target: RedisTarget | string, commandTim
       lazyConnect: true,
       enableOfflineQueue: false,
       enableAutoPipelining: true,
+      // ioredis auto-pipelines SSUBSCRIBE like any command: a batch of them
+      // then goes out on a node's command connection instead of its sharded
+      // subscriber, and the messages of those channels never reach us.
+      autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe'],
       shardedSubscribers: true,
       maxRedirections: 16,
       clusterRetryStrategy: (times) => Math.min(100 * times, 1000),
