@@ -17,6 +17,9 @@ export interface RedisBrokerOptions {
   probeIntervalMs?: number
 }
 
+/** Longest /ready waits for a Cluster's PING. */
+const CLUSTER_PING_TIMEOUT_MS = 1000
+
 /** Wait before reconnecting a connection ioredis gave up on. */
 const REVIVE_DELAY_MS = 500
 
@@ -240,7 +243,12 @@ export class RedisBroker implements Broker {
           this.#log.warn({ missed: this.#probesMissed }, 'bus probes do not come back: rebuilding the subscriber connection')
           this.#updateConnected()
         }
-        if (this.#probesMissed % PROBES_MISSED_BROKEN === 0) {
+        // On a Cluster the subscriber connections are ioredis's own, behind
+        // the connection that carries every command: disconnecting that
+        // would take the commands down too and can leave ioredis's
+        // subscriber group stuck mid-reset. It re-subscribes by itself;
+        // the bus stays reported broken until a probe comes back.
+        if (!this.#sharded && this.#probesMissed % PROBES_MISSED_BROKEN === 0) {
           this.#probeSeen = this.#probeSent
           this.#subscriber.disconnect(true)
         }
@@ -306,8 +314,17 @@ export class RedisBroker implements Broker {
   /** Readiness probe: a round trip on the command connection. */
   async ping (): Promise<boolean> {
     if (!this.#connected) return false
-    // A hung Redis times out (commandTimeout) here: not ready either.
-    return await this.#command.ping().catch((err: Error) => err.message) === 'PONG'
+    // A hung Redis times out (commandTimeout) here: not ready either. On a
+    // Cluster a PING may go to a node that just died: bounded tighter.
+    const answer = this.#command.ping().catch((err: Error) => err.message)
+    if (!this.#sharded) return await answer === 'PONG'
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<string>((resolve) => { timer = setTimeout(() => resolve('late'), CLUSTER_PING_TIMEOUT_MS) })
+    try {
+      return await Promise.race([answer, late]) === 'PONG'
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   async close (): Promise<void> {
