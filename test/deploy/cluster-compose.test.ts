@@ -1,19 +1,8 @@
 import t from 'tap'
-import { readFileSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
-import { parse } from 'yaml'
+import { composeServices, deployFile } from '../helpers/deploy-files.js'
 
-interface Service {
-  image?: string
-  build?: string
-  command?: string[]
-  environment?: Record<string, string>
-  ports?: string[]
-  depends_on?: Record<string, { condition?: string }>
-}
-
-const read = (file: string): string => readFileSync(fileURLToPath(new URL(`../../deploy/cluster/${file}`, import.meta.url)), 'utf8')
-const compose = parse(read('docker-compose.yml'), { merge: true }) as { services: Record<string, Service> }
+const read = (file: string): string => deployFile('cluster', file)
+const compose = { services: composeServices('cluster') }
 const readme = read('README.md')
 const services = Object.entries(compose.services)
 const gateways = services.filter(([, service]) => service.build !== undefined)

@@ -1,18 +1,8 @@
 import t from 'tap'
-import { readFileSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
-import { parse } from 'yaml'
+import { composeServices, deployFile } from '../helpers/deploy-files.js'
 
-interface Service {
-  image?: string
-  build?: string
-  command?: string[]
-  environment?: Record<string, string>
-  ports?: string[]
-}
-
-const read = (file: string): string => readFileSync(fileURLToPath(new URL(`../../deploy/sentinel/${file}`, import.meta.url)), 'utf8')
-const compose = parse(read('docker-compose.yml'), { merge: true }) as { services: Record<string, Service> }
+const read = (file: string): string => deployFile('sentinel', file)
+const compose = { services: composeServices('sentinel') }
 const conf = read('sentinel.conf').split('\n').map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#'))
 const gateways = Object.entries(compose.services).filter(([, service]) => service.build !== undefined)
 const sentinels = Object.entries(compose.services).filter(([, service]) => (service.command ?? []).join(' ').includes('--sentinel'))

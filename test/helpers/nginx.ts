@@ -4,6 +4,9 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { makeCerts, type TestCerts as Certs } from './certs.js'
+import { freePort } from './free-port.js'
+import { RedisServer } from './redis-server.js'
 
 const TEMPLATE = fileURLToPath(new URL('../../deploy/nginx.conf.template', import.meta.url))
 
@@ -70,4 +73,31 @@ export async function startNginx (t: Teardown, dir: string, vars: Record<string,
     once(child, 'exit').then(() => { throw new Error(`nginx exited: ${stderr}`) })
   ])
   return child
+}
+
+/**
+ * The pieces of two production gateways behind nginx with TLS: a throwaway
+ * CA and certificate, a private Redis, free ports for both instances and
+ * the proxy, the production settings they share, and `proxy()` to start
+ * nginx in front of them once they run. Returns the proxy's https base URL.
+ */
+export async function tlsFront (t: Teardown & { testdir: () => string }): Promise<{
+  certs: Certs
+  ports: { a: number, b: number, listen: number }
+  env: Record<string, string>
+  proxy: () => Promise<string>
+}> {
+  const dir = t.testdir()
+  const certs = makeCerts(dir)
+  const redis = await RedisServer.start(t)
+  const [a, b, listen] = await Promise.all([freePort(), freePort(), freePort()])
+  return {
+    certs,
+    ports: { a, b, listen },
+    env: { NODE_ENV: 'production', REDIS_URL: redis.url, TRUST_PROXY: '127.0.0.1' },
+    async proxy () {
+      await startNginx(t, dir, { LISTEN: String(listen), GATEWAY_A: `127.0.0.1:${a}`, GATEWAY_B: `127.0.0.1:${b}`, TLS_CERT: certs.certFile, TLS_KEY: certs.keyFile })
+      return `https://127.0.0.1:${listen}`
+    }
+  }
 }

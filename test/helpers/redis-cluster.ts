@@ -1,5 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
+import { execFile } from 'node:child_process'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -7,6 +6,7 @@ import { promisify } from 'node:util'
 import calculateSlot from 'cluster-key-slot'
 import { Redis } from 'ioredis'
 import { freePort } from './free-port.js'
+import { AdminConnections, killRedis, spawnRedis, type RedisProcess } from './redis-process.js'
 import { waitUntil } from './timeout.js'
 
 const run = promisify(execFile)
@@ -16,10 +16,7 @@ interface Teardown {
 }
 
 /** One redis-server of the cluster, as started here. */
-interface Node {
-  port: number
-  child: ChildProcess
-}
+type Node = RedisProcess
 
 const MASTERS = 3
 const REPLICAS_PER_MASTER = 1
@@ -40,43 +37,6 @@ export function slotOf (key: string): number {
 
 /** `INFO commandstats` of one node: calls per command (`cmdstat_<name>:calls=N,...`). */
 export type CommandStats = Record<string, number>
-
-/**
- * Spawns `redis-server` with `args` and resolves once it answers PING. The
- * process is SIGKILLed if the test process exits first (a tap timeout), so
- * nothing outlives the run.
- */
-async function spawnNode (port: number, args: string[], cwd: string): Promise<Node> {
-  const child = spawn('redis-server', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
-  const kill = (): void => { child.kill('SIGKILL') }
-  process.once('exit', kill)
-  child.once('exit', () => process.removeListener('exit', kill))
-  // Last lines only, for the error below; the pipes are drained so they never fill.
-  let tail = ''
-  const keep = (chunk: Buffer): void => { tail = (tail + chunk.toString()).slice(-2000) }
-  child.stdout?.on('data', keep)
-  child.stderr?.on('data', keep)
-  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  try {
-    await waitUntil(async () => {
-      if (child.exitCode !== null) throw new Error(`redis-server on ${port} exited with ${child.exitCode}: ${tail}`)
-      if (probe.status !== 'ready') await probe.connect().catch(() => probe.disconnect())
-      return probe.status === 'ready' && await probe.ping().catch(() => '') === 'PONG'
-    }, 10_000, `redis-server on ${port}`)
-  } finally {
-    probe.disconnect()
-  }
-  return { port, child }
-}
-
-async function killNode (node: Node): Promise<void> {
-  const { child } = node
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = once(child, 'exit')
-  child.kill('SIGKILL')
-  await exited
-}
 
 /** A line of CLUSTER NODES: `<id> <ip:port@bus> <flags> <master id> ... <slots...>`. */
 interface NodeLine {
@@ -112,7 +72,7 @@ export class RedisCluster {
   readonly #dir: string
   /** Every node started, by client port, whatever its role now. */
   readonly #nodes = new Map<number, Node>()
-  readonly #admins = new Set<Redis>()
+  readonly #admins = new AdminConnections()
 
   private constructor (dir: string) {
     this.#dir = dir
@@ -155,7 +115,7 @@ export class RedisCluster {
   async #startNode (port: number, busPort: number): Promise<void> {
     const dir = join(this.#dir, `node-${port}`)
     await mkdir(dir)
-    this.#nodes.set(port, await spawnNode(port, [
+    this.#nodes.set(port, await spawnRedis(port, [
       '--port', String(port), '--cluster-port', String(busPort), '--bind', '127.0.0.1', '--protected-mode', 'no',
       '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(NODE_TIMEOUT_MS),
       '--save', '', '--appendonly', 'no', '--dir', dir, '--loglevel', 'warning'
@@ -283,7 +243,7 @@ export class RedisCluster {
     const replica = await this.replicaOf(port)
     const node = this.#nodes.get(port)
     if (node === undefined) throw new Error(`${port} is not a node of this cluster`)
-    await killNode(node)
+    await killRedis(node)
     await waitUntil(async () => /role:master/.test(await this.#cli(replica, 'INFO', 'replication').catch(() => '')), timeoutMs, `replica ${replica} promoted`)
     await waitUntil(async () => {
       const states = await Promise.all(this.alivePorts.map((p) => this.#cli(p, 'CLUSTER', 'INFO').catch(() => '')))
@@ -307,32 +267,21 @@ export class RedisCluster {
    * teardown. It does not retry while the node is down.
    */
   async admin (port: number): Promise<Redis> {
-    const redis = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-    redis.on('error', () => {})
-    this.#admins.add(redis)
-    await redis.connect()
-    return redis
+    return await this.#admins.open(port)
   }
 
   /** One command on node `port` through a fresh connection; resolves to its reply as text. */
   async #cli (port: number, ...args: Array<string | number>): Promise<string> {
-    const redis = await this.admin(port)
-    try {
-      return String(await redis.call(String(args[0]), ...args.slice(1)))
-    } finally {
-      this.#close(redis)
-    }
+    return String(await this.#admins.call(port, ...args))
   }
 
   #close (redis: Redis): void {
-    this.#admins.delete(redis)
-    redis.disconnect()
+    this.#admins.close(redis)
   }
 
   /** Kills every node. */
   async stop (): Promise<void> {
-    for (const redis of this.#admins) redis.disconnect()
-    this.#admins.clear()
-    await Promise.all([...this.#nodes.values()].map(killNode))
+    this.#admins.closeAll()
+    await Promise.all([...this.#nodes.values()].map(killRedis))
   }
 }

@@ -1,10 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { freePort } from './free-port.js'
+import { AdminConnections, killRedis, spawnRedis, type RedisProcess } from './redis-process.js'
 import { waitUntil } from './timeout.js'
 
 interface Teardown {
@@ -19,52 +18,12 @@ export interface SentinelSetupOptions {
 }
 
 /** A data server (master or replica) or a Sentinel, as started here. */
-interface Proc {
-  port: number
-  child: ChildProcess
-}
+type Proc = RedisProcess
 
 const SENTINELS = 3
 const QUORUM = 2
 const DOWN_AFTER_MS = 1000
 const FAILOVER_TIMEOUT_MS = 5000
-
-/**
- * Spawns `redis-server` with `args` and resolves once it answers PING. The
- * process is SIGKILLed if the test process exits first (a tap timeout), so
- * nothing outlives the run.
- */
-async function spawnRedis (port: number, args: string[], cwd: string): Promise<Proc> {
-  const child = spawn('redis-server', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
-  const kill = (): void => { child.kill('SIGKILL') }
-  process.once('exit', kill)
-  child.once('exit', () => process.removeListener('exit', kill))
-  // Last lines only, for the error below; the pipes are drained so they never fill.
-  let tail = ''
-  const keep = (chunk: Buffer): void => { tail = (tail + chunk.toString()).slice(-2000) }
-  child.stdout?.on('data', keep)
-  child.stderr?.on('data', keep)
-  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  try {
-    await waitUntil(async () => {
-      if (child.exitCode !== null) throw new Error(`redis-server ${args[0]} exited with ${child.exitCode}: ${tail}`)
-      if (probe.status !== 'ready') await probe.connect().catch(() => probe.disconnect())
-      return probe.status === 'ready' && await probe.ping().catch(() => '') === 'PONG'
-    }, 10_000, `redis-server on ${port}`)
-  } finally {
-    probe.disconnect()
-  }
-  return { port, child }
-}
-
-async function killProc (proc: Proc): Promise<void> {
-  const { child } = proc
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = once(child, 'exit')
-  child.kill('SIGKILL')
-  await exited
-}
 
 /**
  * A master, one replica and three Sentinels (quorum 2) on free loopback
@@ -79,7 +38,7 @@ export class RedisSentinelSetup {
   /** Data servers by port: the initial master and replica. */
   readonly #servers = new Map<number, Proc>()
   readonly #sentinels: Proc[] = []
-  readonly #admins = new Set<Redis>()
+  readonly #admins = new AdminConnections()
 
   private constructor (name: string, dir: string, sentinelPorts: number[]) {
     this.name = name
@@ -173,11 +132,7 @@ export class RedisSentinelSetup {
    * closed at teardown. It does not retry while the server is down.
    */
   async admin (port: number): Promise<Redis> {
-    const redis = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-    redis.on('error', () => {})
-    this.#admins.add(redis)
-    await redis.connect()
-    return redis
+    return await this.#admins.open(port)
   }
 
   /** The master as the first Sentinel that answers names it. */
@@ -248,32 +203,25 @@ export class RedisSentinelSetup {
     const { port } = await this.currentMaster()
     const proc = this.#servers.get(port)
     if (proc === undefined) throw new Error(`the master ${port} is not a server of this setup`)
-    await killProc(proc)
+    await killRedis(proc)
     return port
   }
 
   /** Names of the clients connected to data server `port` (CLIENT LIST). */
   async clientNames (port: number): Promise<string[]> {
-    const redis = await this.admin(port)
-    try {
-      const list = await redis.call('CLIENT', 'LIST') as string
-      return list.split('\n').map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '').filter((name) => name !== '')
-    } finally {
-      this.#close(redis)
-    }
+    const list = await this.#admins.call(port, 'CLIENT', 'LIST') as string
+    return list.split('\n').map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '').filter((name) => name !== '')
   }
 
   #close (redis: Redis): void {
-    this.#admins.delete(redis)
-    redis.disconnect()
+    this.#admins.close(redis)
   }
 
   /** Kills every process (Sentinels first, so none starts a failover meanwhile). */
   async stop (): Promise<void> {
-    for (const redis of this.#admins) redis.disconnect()
-    this.#admins.clear()
-    await Promise.all(this.#sentinels.map(killProc))
-    await Promise.all([...this.#servers.values()].map(killProc))
+    this.#admins.closeAll()
+    await Promise.all(this.#sentinels.map(killRedis))
+    await Promise.all([...this.#servers.values()].map(killRedis))
   }
 }
 

@@ -34,7 +34,7 @@ t.test('a subscriber connection that goes silent is noticed by the probe, rebuil
   // Commands still pass (they use the other connection): only the probe can tell.
   await waitForStatus(`${a.url}/ready`, 503, 3 * PROBE_MS + 1000)
   const noticedAfter = Date.now() - silencedAt
-  t.ok(noticedAfter <= 3 * PROBE_MS + 250, `/ready answered 503 ${noticedAfter} ms after the subscription went silent (bound ${3 * PROBE_MS} ms + one poll)`)
+  t.ok(noticedAfter <= 3 * PROBE_MS + 750, `/ready answered 503 ${noticedAfter} ms after the subscription went silent (bound ${3 * PROBE_MS} ms, plus polling and scheduling slack on a busy machine)`)
   const metrics = await (await fetch(`${a.url}/metrics`)).text()
   t.match(metrics, /ws_bus_connected 0/)
   t.match(metrics, /ws_bus_probe_failures_total [1-9]/)

@@ -34,7 +34,9 @@ t.test('1000 concurrent authenticated connections over two instances receive one
 
   const res = await publish(a.url, serviceToken(), { target: { all: true }, severity: 'critical', title: 'everyone' })
   t.equal(res.status, 202)
-  t.equal(res.body.delivered, CONNECTIONS / 2, 'A wrote to its own half')
+  // A's own half, plus B's count as B last reported it (every 5 s).
+  const delivered = Number(res.body.delivered)
+  t.ok(delivered >= CONNECTIONS / 2 && delivered <= CONNECTIONS, `delivered ${delivered}: A's half and B's last report`)
   await Promise.all(clients.map((client) => client.next('alert', 20000)))
   const counts = clients.map((client) => client.received.filter((m) => m.type === 'alert').length)
   t.ok(counts.every((n) => n === 1), 'every client received the broadcast exactly once')

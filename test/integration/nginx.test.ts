@@ -1,11 +1,8 @@
 import t from 'tap'
 import { request } from 'node:https'
-import { makeCerts } from '../helpers/certs.js'
-import { freePort } from '../helpers/free-port.js'
 import { startGateway, type GatewayProcess } from '../helpers/gateway-process.js'
 import { waitForStatus } from '../helpers/http.js'
-import { nginxAvailable, startNginx } from '../helpers/nginx.js'
-import { RedisServer } from '../helpers/redis-server.js'
+import { nginxAvailable, tlsFront } from '../helpers/nginx.js'
 import { serviceToken, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 
@@ -28,14 +25,11 @@ async function activeOn (gateway: GatewayProcess): Promise<number> {
 }
 
 t.test('two instances behind nginx with TLS', { skip: nginxAvailable ? false : 'nginx is not installed (.ci/run installs it)' }, async (t) => {
-  const dir = t.testdir()
-  const certs = makeCerts(dir)
-  const redis = await RedisServer.start(t)
-  const [portA, portB, listen] = await Promise.all([freePort(), freePort(), freePort()])
+  const front = await tlsFront(t)
+  const { certs } = front
+  const { a: portA, b: portB, listen } = front.ports
   const env = {
-    NODE_ENV: 'production',
-    REDIS_URL: redis.url,
-    TRUST_PROXY: '127.0.0.1',
+    ...front.env,
     MAX_CONNECTIONS_PER_IP: '3',
     SHUTDOWN_TIMEOUT_MS: '3000'
   }
@@ -43,14 +37,7 @@ t.test('two instances behind nginx with TLS', { skip: nginxAvailable ? false : '
   const b = await startGateway(t, { ...env, PORT: String(portB) })
   await waitForStatus(`${a.url}/ready`, 200)
   await waitForStatus(`${b.url}/ready`, 200)
-  await startNginx(t, dir, {
-    LISTEN: String(listen),
-    GATEWAY_A: `127.0.0.1:${portA}`,
-    GATEWAY_B: `127.0.0.1:${portB}`,
-    TLS_CERT: certs.certFile,
-    TLS_KEY: certs.keyFile
-  })
-  const base = `https://127.0.0.1:${listen}`
+  const base = await front.proxy()
   const wsUrl = `wss://127.0.0.1:${listen}/ws`
   const ca = certs.ca
 

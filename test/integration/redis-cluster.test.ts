@@ -9,6 +9,7 @@ import { RedisCluster, slotOf, type CommandStats } from '../helpers/redis-cluste
 import { waitUntil } from '../helpers/timeout.js'
 import { serviceToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
+import { ReadyWatch } from '../helpers/ready-watch.js'
 
 const PROBE_MS = 300
 
@@ -70,33 +71,6 @@ class Publisher {
     this.#stopped = true
     await this.done
     for (const published of this.published) record(published)
-  }
-}
-
-interface ReadySample { url: string, start: number, ms: number, status: number, error?: string }
-
-/** Polls /ready of each instance every 50 ms, keeping every answer. */
-class ReadyWatch {
-  readonly samples: ReadySample[] = []
-  #stopped = false
-  readonly #done: Promise<void[]>
-
-  constructor (urls: string[]) {
-    this.#done = Promise.all(urls.map(async (url) => {
-      while (!this.#stopped) {
-        const start = Date.now()
-        const answer = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(3000) }).then((r) => r.status, (err: Error) => err)
-        const sample = { url, start, ms: Date.now() - start }
-        this.samples.push(typeof answer === 'number' ? { ...sample, status: answer } : { ...sample, status: -1, error: `${answer.name}: ${answer.message}` })
-        await sleep(50)
-      }
-    }))
-  }
-
-  async stop (): Promise<ReadySample[]> {
-    this.#stopped = true
-    await this.#done
-    return this.samples
   }
 }
 
@@ -278,7 +252,7 @@ t.test('SIGKILL of the master holding the broadcast channel and a user\'s channe
   for (const instance of instances) {
     if (!ready[instances.indexOf(instance)] || failures.length > 0) t.comment(`${instance.url} warnings since the kill:\n${warningsSince(instance, killedAt).join('\n')}`)
   }
-  t.same(samples.filter((s) => s.status !== 200 && s.status !== 503).map((s) => `${s.url} at +${s.start - killedAt} ms: ${s.error ?? s.status} after ${s.ms} ms`), [], '/ready answered 200 or 503 within 3 s, never failed to answer')
+  t.same(samples.filter((s) => s.status !== 200 && s.status !== 503).map((s) => `${s.url} at +${s.start - killedAt} ms: ${s.error ?? s.status} after ${s.end - s.start} ms`), [], '/ready answered 200 or 503 within 3 s, never failed to answer')
   for (const instance of instances) t.equal(samples.filter((s) => s.url === instance.url).at(-1)?.status, 200, `${instance.url}: ready at the end`)
   t.comment(`/ready 503 answers: ${samples.filter((s) => s.status === 503 && s.start >= killedAt).length} of ${samples.filter((s) => s.start >= killedAt).length} after the kill; retried publishes: ${publishers.flatMap((p) => p.refusals).length}`)
   await lastAlerts(t, 'd')

@@ -3,16 +3,13 @@ import { randomUUID } from 'node:crypto'
 import WebSocket from 'ws'
 import { MemoryStorage, type WebSocketConstructor } from '../../client/index.js'
 import { Recorded } from '../client/harness.js'
-import { makeCerts } from '../helpers/certs.js'
-import { freePort } from '../helpers/free-port.js'
 import { spawnGateway } from '../helpers/gateway-process.js'
 import { waitForStatus } from '../helpers/http.js'
 import { metricValue } from '../helpers/metrics.js'
-import { nginxAvailable, startNginx } from '../helpers/nginx.js'
+import { nginxAvailable, tlsFront } from '../helpers/nginx.js'
 import { PacedPublisher } from '../helpers/paced-publisher.js'
 import type { Published } from '../helpers/publisher.js'
 import { deliveryProblems, epochOf, inPositionOrder, type ExpectedAlert } from '../helpers/received.js'
-import { RedisServer } from '../helpers/redis-server.js'
 import { waitUntil, withTimeout } from '../helpers/timeout.js'
 import { serviceToken, userToken } from '../helpers/tokens.js'
 
@@ -80,14 +77,11 @@ t.test('rolling deploy behind nginx: SIGTERM and restart each instance under 200
   timeout: 150_000
 }, async (t) => {
   const began = Date.now()
-  const dir = t.testdir()
-  const certs = makeCerts(dir)
-  const redis = await RedisServer.start(t)
-  const [portA, portB, listen] = await Promise.all([freePort(), freePort(), freePort()])
+  const front = await tlsFront(t)
+  const { certs } = front
+  const { a: portA, b: portB, listen } = front.ports
   const env = {
-    NODE_ENV: 'production',
-    REDIS_URL: redis.url,
-    TRUST_PROXY: '127.0.0.1',
+    ...front.env,
     // Each client connects about three times in the run, plus any attempt refused meanwhile.
     MAX_CONNECT_ATTEMPTS_PER_MINUTE: '30',
     // Clients get 1001 at once; this bounds the wait for one that does not answer the close.
@@ -96,14 +90,7 @@ t.test('rolling deploy behind nginx: SIGTERM and restart each instance under 200
     LOG_LEVEL: 'warn'
   }
   const [a, b] = await Promise.all([launch(t, portA, env), launch(t, portB, env)])
-  await startNginx(t, dir, {
-    LISTEN: String(listen),
-    GATEWAY_A: `127.0.0.1:${portA}`,
-    GATEWAY_B: `127.0.0.1:${portB}`,
-    TLS_CERT: certs.certFile,
-    TLS_KEY: certs.keyFile
-  })
-  const base = `https://127.0.0.1:${listen}`
+  const base = await front.proxy()
 
   const run = randomUUID().slice(0, 8)
   const users = Array.from({ length: CLIENTS }, (_, i) => `${run}-u${i}`)

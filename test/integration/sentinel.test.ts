@@ -8,6 +8,7 @@ import { RedisSentinelSetup } from '../helpers/redis-sentinel.js'
 import { waitUntil } from '../helpers/timeout.js'
 import { newUser, serviceToken, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
+import { ReadyWatch } from '../helpers/ready-watch.js'
 
 type Frame = Record<string, unknown>
 type Target = { all: true } | { userId: string }
@@ -112,37 +113,6 @@ class PacedPublisher {
     clearInterval(this.#timer)
     await Promise.all(this.#pending)
     return this.#failures
-  }
-}
-
-interface ReadySample {
-  url: string
-  start: number
-  end: number
-  status: number
-}
-
-/** Polls /ready of each instance every 50 ms, keeping every answer. */
-class ReadyWatch {
-  readonly samples: ReadySample[] = []
-  #stopped = false
-  readonly #done: Promise<void[]>
-
-  constructor (urls: string[]) {
-    this.#done = Promise.all(urls.map(async (url) => {
-      while (!this.#stopped) {
-        const start = Date.now()
-        const status = await fetch(`${url}/ready`, { signal: AbortSignal.timeout(3000) }).then((r) => r.status, () => -1)
-        this.samples.push({ url, start, end: Date.now(), status })
-        await sleep(50)
-      }
-    }))
-  }
-
-  async stop (): Promise<ReadySample[]> {
-    this.#stopped = true
-    await this.#done
-    return this.samples
   }
 }
 
