@@ -111,6 +111,7 @@ export class RedisBroker implements Broker {
         this.#resubscribe()
         return
       }
+      /* c8 ignore next 2 -- the whole Cluster connecting again (every seed lost at once): not staged by the tests */
       this.#subscribed = true
       this.#updateConnected()
     })

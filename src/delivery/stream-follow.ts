@@ -198,7 +198,6 @@ export class StreamFollow {
     const ring = this.#ring
     for (let i = ring.length - 1; i >= 0; i--) {
       if (ring[i].seq === seq) return !ring[i].frame.equals(frame)
-      if (ring[i].seq < seq) return false
     }
     return false
   }

@@ -103,3 +103,12 @@ t.test('history off: no positions, a resume is not recovered', async (t) => {
   t.match(frames[frames.length - 1], { type: 'resumed', recovered: false, replayed: 0 })
   await again.close()
 })
+
+t.test('history that cannot be read refuses the upgrade with 503', async (t) => {
+  const { app, wsUrl } = await build(t)
+  const history = app.cluster.history as NonNullable<typeof app.cluster.history>
+  history.read = async () => { throw new Error('history gone') }
+  const refused = await TestClient.refused(wsUrl, { token: userToken(newUser()) })
+  t.equal(refused.status, 503)
+  t.equal(app.sessions.size, 0, 'nothing registered')
+})

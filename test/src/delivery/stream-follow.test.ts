@@ -260,3 +260,28 @@ t.test('a catch-up that finds fewer alerts than were delivered rewinds with a ga
   follow.receive('e', 2, Buffer.from('new2'))
   t.equal(events.at(-1), 'deliver 2 new2', 'the next position is delivered')
 })
+
+t.test('a queued alert that still does not follow after the read starts another read', async (t) => {
+  const { follow, events, nextRead } = setup(t)
+  live(follow, 'e', 1, 3)
+  const first = await nextRead()
+  live(follow, 'e', 6)
+  first.resolve({ epoch: 'e', top: 3, entries: entries('e', 2, 3) })
+  const second = await nextRead()
+  t.same(second.from, { epoch: 'e', seq: 3 }, 'read again from what was delivered')
+  second.resolve({ epoch: 'e', top: 6, entries: entries('e', 4, 5, 6) })
+  await waitUntil(() => events.includes('deliver 6 e6'), 5000, 'the queued alert')
+  t.same(events.filter((e) => e.startsWith('deliver')), ['deliver 1 e1', 'deliver 2 e2', 'deliver 3 e3', 'deliver 4 e4', 'deliver 5 e5', 'deliver 6 e6'])
+})
+
+t.test('a queue over its bound is dropped and read from history instead', async (t) => {
+  const { follow, events, nextRead } = setup(t)
+  live(follow, 'e', 1, 3)
+  const first = await nextRead()
+  for (let seq = 4; seq <= 10_004; seq++) follow.receive('e', seq, frame('e', seq))
+  first.resolve({ epoch: 'e', top: 3, entries: entries('e', 2, 3) })
+  const second = await nextRead()
+  t.same(second.from, { epoch: 'e', seq: 3 }, 'the dropped ones are read back')
+  second.resolve({ epoch: 'e', top: 10_004, entries: entries('e', 10_004) })
+  await waitUntil(() => events.includes('deliver 10004 e10004'), 5000, 'the newest')
+})

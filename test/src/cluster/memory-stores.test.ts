@@ -1,0 +1,54 @@
+import t from 'tap'
+import { MemoryBroker } from '../../../src/cluster/memory-broker.js'
+import { MemoryClaimStore } from '../../../src/cluster/claim-store.js'
+import { MemoryIdempotencyStore } from '../../../src/cluster/idempotency-store.js'
+import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
+import { STREAM_META_TTL_MS } from '../../../src/cluster/history-store.js'
+import { createRedisConnections } from '../../../src/cluster/redis-connections.js'
+
+t.test('the in-process stores of a single instance', async (t) => {
+  const broker = new MemoryBroker()
+  t.equal(await broker.publish('all', Buffer.from('x')), 0, 'no other instance to reach')
+  await broker.subscribe('all')
+  broker.unsubscribe('all')
+  t.equal(await broker.ping(), true)
+  await broker.close()
+  const claims = new MemoryClaimStore()
+  t.equal(await claims.othersHolding('ann'), 0, 'no other instance holds anyone')
+  t.equal(new MemoryIdempotencyStore(60_000).record(), undefined, 'nothing to store with an append: a crash loses it all anyway')
+})
+
+t.test('expired idempotency keys are swept as the map grows', async (t) => {
+  const store = new MemoryIdempotencyStore(1000)
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  for (let i = 0; i < 1024; i++) await store.complete('svc', `k${i}`, 'fp', '{}')
+  Date.now = () => realNow() + 5000
+  t.same(await store.begin('svc', 'k1', 'fp'), { state: 'new' }, 'an expired key is free again')
+  t.same(await store.begin('svc', 'k1', 'fp'), { state: 'pending', fingerprint: 'fp' })
+})
+
+t.test('streams quiet for longer than an epoch is kept are forgotten', async (t) => {
+  const delivered: string[] = []
+  const store = new MemoryHistoryStore({ maxEntries: 10, retentionMs: 60_000 }, (topic) => { delivered.push(topic) })
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  await store.append('ann', '{"pos":"', '"}')
+  const before = await store.read('ann', null)
+  t.equal(before.top, 1)
+  Date.now = () => realNow() + STREAM_META_TTL_MS + 120_000
+  await store.append('bob', '{"pos":"', '"}')
+  t.equal((await store.read('ann', null)).top, 0, 'ann\'s stream was swept: it starts again')
+})
+
+t.test('TLS reaches every connection of a Sentinel or Cluster setup', async (t) => {
+  const sentinel = createRedisConnections({ kind: 'sentinel', sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'm', tls: true })
+  t.same(sentinel.command.options.tls, {})
+  t.equal(sentinel.command.options.enableTLSForSentinelMode, true)
+  sentinel.command.disconnect()
+  sentinel.subscriber.disconnect()
+  const cluster = createRedisConnections({ kind: 'cluster', nodes: [{ host: '127.0.0.1', port: 1 }], tls: true })
+  t.equal(cluster.sharded, true)
+  t.same((cluster.command as unknown as { options: { redisOptions: { tls: object } } }).options.redisOptions.tls, {})
+  cluster.command.disconnect()
+})
