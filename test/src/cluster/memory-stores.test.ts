@@ -8,6 +8,7 @@ import { createRedisConnections } from '../../../src/cluster/redis-connections.j
 
 t.test('the in-process stores of a single instance', async (t) => {
   const broker = new MemoryBroker()
+  broker.loopback('all', Buffer.from('x'))
   t.equal(await broker.publish('all', Buffer.from('x')), 0, 'no other instance to reach')
   await broker.subscribe('all')
   broker.unsubscribe('all')
@@ -22,8 +23,10 @@ t.test('expired idempotency keys are swept as the map grows', async (t) => {
   const store = new MemoryIdempotencyStore(1000)
   const realNow = Date.now
   t.teardown(() => { Date.now = realNow })
-  for (let i = 0; i < 1024; i++) await store.complete('svc', `k${i}`, 'fp', '{}')
+  for (let i = 0; i < 1023; i++) await store.complete('svc', `k${i}`, 'fp', '{}')
   Date.now = () => realNow() + 5000
+  await store.complete('svc', 'fresh', 'fp', '{}')
+  t.equal((await store.begin('svc', 'fresh', 'fp2')).state, 'done', 'the sweep keeps a key still in its window')
   t.same(await store.begin('svc', 'k1', 'fp'), { state: 'new' }, 'an expired key is free again')
   t.same(await store.begin('svc', 'k1', 'fp'), { state: 'pending', fingerprint: 'fp' })
 })
@@ -45,10 +48,12 @@ t.test('TLS reaches every connection of a Sentinel or Cluster setup', async (t) 
   const sentinel = createRedisConnections({ kind: 'sentinel', sentinels: [{ host: '127.0.0.1', port: 1 }], name: 'm', tls: true })
   t.same(sentinel.command.options.tls, {})
   t.equal(sentinel.command.options.enableTLSForSentinelMode, true)
+  t.equal(sentinel.command.options.sentinelRetryStrategy?.(3), 300, 'Sentinels are asked again with backoff')
   sentinel.command.disconnect()
   sentinel.subscriber.disconnect()
   const cluster = createRedisConnections({ kind: 'cluster', nodes: [{ host: '127.0.0.1', port: 1 }], tls: true })
   t.equal(cluster.sharded, true)
+  t.equal((cluster.command as unknown as { options: { clusterRetryStrategy: (n: number) => number } }).options.clusterRetryStrategy(20), 1000, 'reconnects with backoff, capped')
   t.same((cluster.command as unknown as { options: { redisOptions: { tls: object } } }).options.redisOptions.tls, {})
   cluster.command.disconnect()
 })
