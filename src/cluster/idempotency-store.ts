@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis'
 import type { AppendRecord } from './history-store.js'
+import { taggedKey } from './user-key.js'
 
 /**
  * What is known of an idempotency key: nothing yet (the caller now owns it
@@ -102,7 +103,7 @@ interface AbandonCommand {
 /** `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer for the window. */
 export class RedisIdempotencyStore implements IdempotencyStore {
   readonly #redis: Redis
-  readonly #prefix: string
+  readonly #scopeKey: (scope: string) => string
   readonly #windowMs: number
 
   constructor (redis: Redis, prefix: string, windowMs: number) {
@@ -110,12 +111,12 @@ export class RedisIdempotencyStore implements IdempotencyStore {
       redis.defineCommand('gwIdempotencyAbandon', { numberOfKeys: 1, lua: ABANDON })
     }
     this.#redis = redis
-    this.#prefix = prefix
+    this.#scopeKey = taggedKey(prefix, 'idem')
     this.#windowMs = windowMs
   }
 
   #key (scope: string, key: string): string {
-    return `${this.#prefix}idem:{${scope}}:${key}`
+    return `${this.#scopeKey(scope)}:${key}`
   }
 
   async begin (scope: string, key: string, fingerprint: string): Promise<KeyState> {

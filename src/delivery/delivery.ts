@@ -50,7 +50,8 @@ export interface DeliveryMetrics {
   probeFailed: () => void
 }
 
-const NO_METRICS: DeliveryMetrics = { published () {}, resumed () {}, caughtUp () {}, probeFailed () {} }
+const ignore = (): void => {}
+const NO_METRICS: DeliveryMetrics = { published: ignore, resumed: ignore, caughtUp: ignore, probeFailed: ignore }
 
 const ALERT = 0x41 // 'A'
 const CLAIM = 0x43 // 'C'
@@ -83,6 +84,11 @@ function encode (type: number, payload: Buffer): Buffer {
   message[0] = type
   payload.copy(message, 1)
   return message
+}
+
+/** A frame without history: encoded once, written as these bytes to every socket. */
+function encodeFrame (alert: Alert): Buffer {
+  return Buffer.from(JSON.stringify(alert))
 }
 
 function replayFrame (frame: Buffer): Buffer {
@@ -171,17 +177,17 @@ export class Delivery {
   async publish (target: Target, alert: Alert, record?: (stream: StreamName) => AppendRecord | undefined): Promise<PublishResult> {
     if ('all' in target) {
       this.#metrics.published('all')
-      if (this.#history === null) return { delivered: await this.broadcast(Buffer.from(JSON.stringify(alert))) + this.#others }
+      if (this.#history === null) return { delivered: await this.broadcast(encodeFrame(alert)) + this.#others }
       const local = this.#sessions.writableOf(null)
       const { epoch, seq } = await this.#history.append(null, ...this.#parts(alert, 'all'), record?.('all'))
       return { delivered: local + this.#others, stream: 'all', pos: formatPosition(epoch, seq) }
     }
     if ('userId' in target) {
       this.#metrics.published('user')
-      return await this.#toUser(target.userId, alert, this.#history === null ? Buffer.from(JSON.stringify(alert)) : null, record?.('user'))
+      return await this.#toUser(target.userId, alert, this.#history === null ? encodeFrame(alert) : null, record?.('user'))
     }
     this.#metrics.published('users')
-    const frame = this.#history === null ? Buffer.from(JSON.stringify(alert)) : null
+    const frame = this.#history === null ? encodeFrame(alert) : null
     const results = await Promise.all(target.userIds.map((userId) => this.#toUser(userId, alert, frame)))
     let delivered = 0
     for (const result of results) delivered += result.delivered

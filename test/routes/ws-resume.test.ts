@@ -95,6 +95,7 @@ t.test('history off: no positions, a resume is not recovered', async (t) => {
   const answer = await publish(url, serviceToken(), alertTo({ userId: sub }, 'x'))
   t.same(Object.keys(answer.body).sort(), ['delivered', 'id'])
   t.match((await publish(url, serviceToken(), alertTo({ userIds: [sub, newUser()] }, 'many'))).body, { delivered: 1 }, 'userIds without history')
+  t.same(Object.keys((await publish(url, serviceToken(), alertTo({ all: true }, 'everyone'))).body).sort(), ['delivered', 'id'], 'a broadcast without history has no position')
   const alert = await client.next('alert')
   t.notOk('pos' in alert)
   t.notOk('stream' in alert)
