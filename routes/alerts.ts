@@ -6,12 +6,19 @@ import { BadIdempotencyKeyError, BusUnavailableError, IdempotencyConflictError }
 import type { Alert } from '../protocol/frames.js'
 import { IDEMPOTENCY_KEY, PublishAlertSchema, PublishResultSchema, type PublishAlert, type PublishResult } from '../src/delivery/publish-schema.js'
 import { PENDING_TTL_MS } from '../src/cluster/idempotency-store.js'
+import type { StreamOwner } from '../src/cluster/history-store.js'
 import { sanitiseAlertBody } from '../src/lib/sanitize.js'
 
 /** Largest accepted POST /alerts body. */
 const BODY_LIMIT = 64 * 1024
 /** How often a repeat polls for the answer of a publish still in progress elsewhere. */
 const PENDING_POLL_MS = 20
+
+/** The stream a single-target alert is appended to (null: broadcasts); undefined for userIds. */
+function ownerOf (target: PublishAlert['target']): StreamOwner | undefined {
+  if ('all' in target) return null
+  return 'userId' in target ? target.userId : undefined
+}
 
 /**
  * POST /alerts: a service (token scope `alerts:publish`) publishes an alert
@@ -33,7 +40,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
       // The answer a retry gets if this request's reply is lost after the append.
       const record = idempotent === undefined
         ? undefined
-        : (stream: string) => idempotency.record(idempotent.scope, idempotent.key, idempotent.fingerprint, `{"id":"${alert.id}","delivered":0,"stream":"${stream}","pos":"`)
+        : (stream: string, owner: StreamOwner) => idempotency.record(idempotent.scope, idempotent.key, idempotent.fingerprint, `{"id":"${alert.id}","delivered":0,"stream":"${stream}","pos":"`, owner)
       return { id: alert.id, ...await delivery.publish(target, alert, record) }
     } catch (err) {
       request.log.warn({ err, alertId: alert.id }, 'alert not stored and published')
@@ -51,7 +58,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     const fingerprint = createHash('sha256').update(JSON.stringify(body)).digest('base64')
     const deadline = Date.now() + PENDING_TTL_MS
     for (;;) {
-      const known = await idempotency.begin(scope, key, fingerprint).catch((err: Error) => {
+      const known = await idempotency.begin(scope, key, fingerprint, ownerOf(body.target)).catch((err: Error) => {
         request.log.warn({ err }, 'idempotency key not readable')
         throw new BusUnavailableError()
       })

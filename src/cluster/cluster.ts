@@ -97,7 +97,6 @@ export function createCluster (opts: ClusterOptions): Cluster {
         channelOf: (topic) => broker.channelOf(topic),
         origin: broker.everyInstance,
         publishCommand: broker.publishCommand,
-        records: !connections.sharded,
         held: { keyOf: (userId) => claims.heldKey(userId), instanceId: opts.instanceId },
         topicOf
       }),

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { AppendRecord } from './history-store.js'
+import type { AppendRecord, StreamOwner } from './history-store.js'
 import { taggedKey } from './user-key.js'
 
 /**
@@ -17,16 +17,20 @@ export type KeyState =
  * abandoned when the publish failed so that a retry may publish.
  */
 export interface IdempotencyStore {
-  begin (scope: string, key: string, fingerprint: string): Promise<KeyState>
+  /**
+   * `owner`: the stream a single-stream publish appends to, where a publish
+   * whose reply was lost may have stored its answer (see record()).
+   */
+  begin (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<KeyState>
   complete (scope: string, key: string, fingerprint: string, answer: string): Promise<void>
   /** Frees a key still pending with `fingerprint` (never an answer stored meanwhile). */
   abandon (scope: string, key: string, fingerprint: string): Promise<void>
   /**
-   * The answer `answerHead + pos + '"}'` as the history's append stores it
-   * in its own step, or undefined where it cannot (memory: nothing survives
-   * a crash anyway).
+   * The answer `answerHead + pos + '"}'` as the history's append to `owner`'s
+   * stream stores it in its own step, or undefined where it need not
+   * (memory: nothing survives a crash anyway).
    */
-  record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord | undefined
+  record (scope: string, key: string, fingerprint: string, answerHead: string, owner: StreamOwner): AppendRecord | undefined
 }
 
 /**
@@ -100,10 +104,17 @@ interface AbandonCommand {
   gwIdempotencyAbandon: (key: string, pending: string) => Promise<number>
 }
 
-/** `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer for the window. */
+/**
+ * `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer
+ * for the window. The append stores its answer in the stream's own slot,
+ * `<prefix>idem-ans:{<userId>|all}:<scope>:<key>` (a script touches one slot
+ * only, on a Cluster too); taking a key looks there as well, so a publish
+ * whose reply was lost is answered, not repeated.
+ */
 export class RedisIdempotencyStore implements IdempotencyStore {
   readonly #redis: Redis
   readonly #scopeKey: (scope: string) => string
+  readonly #answerKey: (owner: string) => string
   readonly #windowMs: number
 
   constructor (redis: Redis, prefix: string, windowMs: number) {
@@ -112,6 +123,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     }
     this.#redis = redis
     this.#scopeKey = taggedKey(prefix, 'idem')
+    this.#answerKey = taggedKey(prefix, 'idem-ans')
     this.#windowMs = windowMs
   }
 
@@ -119,10 +131,25 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     return `${this.#scopeKey(scope)}:${key}`
   }
 
-  async begin (scope: string, key: string, fingerprint: string): Promise<KeyState> {
+  #recordKey (scope: string, key: string, owner: StreamOwner): string {
+    return `${this.#answerKey(owner ?? 'all')}:${scope}:${key}`
+  }
+
+  async begin (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<KeyState> {
     const id = this.#key(scope, key)
     for (;;) {
-      if (await this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX') === 'OK') return { state: 'new' }
+      // Both at once: the answer an append stored lives in another slot.
+      const [taken, recorded] = await Promise.all([
+        this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX'),
+        owner === undefined ? null : this.#redis.get(this.#recordKey(scope, key, owner))
+      ])
+      if (recorded !== null) {
+        // A publish whose reply was lost (or that is answering right now):
+        // its answer stands, under the key too.
+        await this.#redis.set(id, recorded, 'PX', this.#windowMs)
+        return decode(recorded)
+      }
+      if (taken === 'OK') return { state: 'new' }
       const value = await this.#redis.get(id)
       // Expired between the two commands: try to take it again.
       if (value !== null) return decode(value)
@@ -137,7 +164,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     await (this.#redis as Redis & AbandonCommand).gwIdempotencyAbandon(this.#key(scope, key), PENDING + fingerprint)
   }
 
-  record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord {
-    return { key: this.#key(scope, key), value: `${DONE}${fingerprint}\n${answerHead}`, ttlMs: this.#windowMs }
+  record (scope: string, key: string, fingerprint: string, answerHead: string, owner: StreamOwner): AppendRecord {
+    return { key: this.#recordKey(scope, key, owner), value: `${DONE}${fingerprint}\n${answerHead}`, ttlMs: this.#windowMs }
   }
 }

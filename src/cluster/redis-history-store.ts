@@ -97,11 +97,6 @@ export interface RedisHistoryStoreOptions {
   topicOf: (owner: StreamOwner) => string
   /** SPUBLISH on a Redis Cluster. */
   publishCommand?: 'PUBLISH' | 'SPUBLISH'
-  /**
-   * Whether an idempotency answer can be written by the append script: not
-   * on a Cluster, where its key lives in another slot than the stream.
-   */
-  records?: boolean
   /** Where the user's connections per instance are counted (see RedisClaimStore). */
   held?: { keyOf: (userId: string) => string, instanceId: string }
 }
@@ -125,7 +120,6 @@ export class RedisHistoryStore implements HistoryStore {
   readonly #topicOf: (owner: StreamOwner) => string
   readonly #prefixHead: Buffer
   readonly #publishCommand: string
-  readonly #records: boolean
   readonly #held: RedisHistoryStoreOptions['held']
 
   constructor (opts: RedisHistoryStoreOptions) {
@@ -144,18 +138,16 @@ export class RedisHistoryStore implements HistoryStore {
     this.#topicOf = opts.topicOf
     this.#prefixHead = Buffer.concat([opts.origin, Buffer.from('H')])
     this.#publishCommand = opts.publishCommand ?? 'PUBLISH'
-    this.#records = opts.records ?? true
     this.#held = opts.held
   }
 
   async append (owner: StreamOwner, head: string, tail: string, record?: AppendRecord): Promise<AppendResult> {
     const [stream, meta] = this.#keys(owner)
-    const stored = this.#records ? record : undefined
     const held = owner === null ? undefined : this.#held
     const [epoch, seq, receivers, others] = await this.#redis.gwHistoryAppendBuffer(
-      stream, meta, stored?.key ?? stream, held?.keyOf(owner as string) ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
+      stream, meta, record?.key ?? stream, held?.keyOf(owner as string) ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
       Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail, this.#publishCommand,
-      stored?.value ?? '', stored?.ttlMs ?? 0, held?.instanceId ?? ''
+      record?.value ?? '', record?.ttlMs ?? 0, held?.instanceId ?? ''
     )
     return { epoch: epoch.toString('latin1'), seq, receivers, others: held === undefined ? undefined : others }
   }
