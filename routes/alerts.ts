@@ -40,7 +40,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
       // The answer a retry gets if this request's reply is lost after the append.
       const record = idempotent === undefined
         ? undefined
-        : (stream: string, owner: StreamOwner) => idempotency.record(idempotent.scope, idempotent.key, idempotent.fingerprint, `{"id":"${alert.id}","delivered":0,"stream":"${stream}","pos":"`, owner)
+        : (stream: string) => idempotency.record(idempotent.scope, idempotent.key, idempotent.fingerprint, `{"id":"${alert.id}","delivered":0,"stream":"${stream}","pos":"`)
       return { id: alert.id, ...await delivery.publish(target, alert, record) }
     } catch (err) {
       request.log.warn({ err, alertId: alert.id }, 'alert not stored and published')
@@ -56,9 +56,10 @@ export default async function alertRoutes (fastify: FastifyInstance) {
   async function publishOnce (request: FastifyRequest, reply: FastifyReply, body: PublishAlert, key: string): Promise<PublishResult> {
     const scope = request.user.sub
     const fingerprint = createHash('sha256').update(JSON.stringify(body)).digest('base64')
+    const owner = ownerOf(body.target)
     const deadline = Date.now() + PENDING_TTL_MS
     for (;;) {
-      const known = await idempotency.begin(scope, key, fingerprint, ownerOf(body.target)).catch((err: Error) => {
+      const known = await idempotency.begin(scope, key, fingerprint, owner).catch((err: Error) => {
         request.log.warn({ err }, 'idempotency key not readable')
         throw new BusUnavailableError()
       })
@@ -80,7 +81,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
     } catch (err) {
       // Not published, as far as we know: a retry may publish. If the append
       // did run (its reply lost), it stored its answer, which stays.
-      await idempotency.abandon(scope, key, fingerprint).catch(() => {})
+      await idempotency.abandon(scope, key, fingerprint, owner).catch(() => {})
       throw err
     }
     await idempotency.complete(scope, key, fingerprint, JSON.stringify(result)).catch((err: Error) => {

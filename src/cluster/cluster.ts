@@ -84,23 +84,24 @@ export function createCluster (opts: ClusterOptions): Cluster {
   const connections = createRedisConnections(target, opts.commandTimeoutMs)
   const claims = new RedisClaimStore(connections.command, opts.prefix, opts.instanceId)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log, probeIntervalMs: opts.probeIntervalMs })
+  const history = opts.history.maxEntries === 0
+    ? null
+    : new RedisHistoryStore({
+      redis: connections.command,
+      prefix: opts.prefix,
+      limits: opts.history,
+      channelOf: (topic) => broker.channelOf(topic),
+      origin: broker.everyInstance,
+      publishCommand: broker.publishCommand,
+      held: { keyOf: (userId) => claims.heldKey(userId), instanceId: opts.instanceId },
+      topicOf
+    })
   return {
     broker,
     claims,
     revocations: new RedisRevocationStore(connections.command, opts.prefix),
-    history: opts.history.maxEntries === 0
-      ? null
-      : new RedisHistoryStore({
-        redis: connections.command,
-        prefix: opts.prefix,
-        limits: opts.history,
-        channelOf: (topic) => broker.channelOf(topic),
-        origin: broker.everyInstance,
-        publishCommand: broker.publishCommand,
-        held: { keyOf: (userId) => claims.heldKey(userId), instanceId: opts.instanceId },
-        topicOf
-      }),
-    idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs),
+    history,
+    idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs, history?.findRecord.bind(history)),
     sessionCounts: new RedisSessionCounts(connections.command, opts.prefix, opts.instanceId, SESSION_COUNT_PERIOD_MS),
     redis: connections.command,
     prefix: opts.prefix,

@@ -42,12 +42,13 @@ export type StreamOwner = string | null
  * An idempotency answer to store in the same step as the append, so that a
  * retry after a publish whose reply was lost (Redis died after running it)
  * finds the answer instead of publishing again: `value + pos + '"}'` is
- * written to `key` for `ttlMs`.
+ * stored with the entry under `id`. It lives as long as the entry; being
+ * part of the entry, it needs no key of its own (on a Cluster a new key
+ * would stall the script while the stream's slot migrates).
  */
 export interface AppendRecord {
-  key: string
+  id: string
   value: string
-  ttlMs: number
 }
 
 export interface HistoryStore {

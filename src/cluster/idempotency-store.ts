@@ -19,25 +19,39 @@ export type KeyState =
 export interface IdempotencyStore {
   /**
    * `owner`: the stream a single-stream publish appends to, where a publish
-   * whose reply was lost may have stored its answer (see record()).
+   * whose reply was lost may have stored its answer (see record()): a key
+   * found pending looks there.
    */
   begin (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<KeyState>
   complete (scope: string, key: string, fingerprint: string, answer: string): Promise<void>
-  /** Frees a key still pending with `fingerprint` (never an answer stored meanwhile). */
-  abandon (scope: string, key: string, fingerprint: string): Promise<void>
   /**
-   * The answer `answerHead + pos + '"}'` as the history's append to `owner`'s
-   * stream stores it in its own step, or undefined where it need not
-   * (memory: nothing survives a crash anyway).
+   * Frees a key still pending with `fingerprint` (never an answer stored
+   * meanwhile), unless the append to `owner`'s stream stored its answer:
+   * then that answer is the key's.
    */
-  record (scope: string, key: string, fingerprint: string, answerHead: string, owner: StreamOwner): AppendRecord | undefined
+  abandon (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<void>
+  /**
+   * The answer `answerHead + pos + '"}'` as the history's append stores it
+   * with the entry, or undefined where it need not (memory: nothing
+   * survives a crash anyway).
+   */
+  record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord | undefined
 }
+
+/**
+ * Finds the answer an append stored with an entry of `owner`'s stream
+ * appended at `sinceMs` or later (see AppendRecord).
+ */
+export type RecordLookup = (owner: StreamOwner, id: string, sinceMs: number) => Promise<string | undefined>
 
 /**
  * How long a taken key waits for its answer. A publish that takes longer
  * than this (its instance died mid-publish) lets a retry publish again.
  */
 export const PENDING_TTL_MS = 30_000
+
+/** Clock skew allowed between instances when looking for a stored answer. */
+const CLOCK_SKEW_MS = 5_000
 
 const PENDING = 'P'
 const DONE = 'D'
@@ -106,53 +120,42 @@ interface AbandonCommand {
 
 /**
  * `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer
- * for the window. The append stores its answer in the stream's own slot,
- * `<prefix>idem-ans:{<userId>|all}:<scope>:<key>` (a script touches one slot
- * only, on a Cluster too); taking a key looks there as well, so a publish
- * whose reply was lost is answered, not repeated.
+ * for the window. The append stores its answer with the stream's entry (in
+ * the stream's slot, on a Cluster too): a key left pending by a publish
+ * whose reply was lost looks there, so the publish is answered, not
+ * repeated.
  */
 export class RedisIdempotencyStore implements IdempotencyStore {
   readonly #redis: Redis
   readonly #scopeKey: (scope: string) => string
-  readonly #answerKey: (owner: string) => string
   readonly #windowMs: number
+  readonly #lookup: RecordLookup | undefined
 
-  constructor (redis: Redis, prefix: string, windowMs: number) {
+  /** `lookup`: where appends store answers (none without history). */
+  constructor (redis: Redis, prefix: string, windowMs: number, lookup?: RecordLookup) {
     if ((redis as Partial<AbandonCommand>).gwIdempotencyAbandon === undefined) {
       redis.defineCommand('gwIdempotencyAbandon', { numberOfKeys: 1, lua: ABANDON })
     }
     this.#redis = redis
     this.#scopeKey = taggedKey(prefix, 'idem')
-    this.#answerKey = taggedKey(prefix, 'idem-ans')
     this.#windowMs = windowMs
+    this.#lookup = lookup
   }
 
   #key (scope: string, key: string): string {
     return `${this.#scopeKey(scope)}:${key}`
   }
 
-  #recordKey (scope: string, key: string, owner: StreamOwner): string {
-    return `${this.#answerKey(owner ?? 'all')}:${scope}:${key}`
-  }
-
   async begin (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<KeyState> {
     const id = this.#key(scope, key)
     for (;;) {
-      // Both at once: the answer an append stored lives in another slot.
-      const [taken, recorded] = await Promise.all([
-        this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX'),
-        owner === undefined ? null : this.#redis.get(this.#recordKey(scope, key, owner))
-      ])
-      if (recorded !== null) {
-        // A publish whose reply was lost (or that is answering right now):
-        // its answer stands, under the key too.
-        await this.#redis.set(id, recorded, 'PX', this.#windowMs)
-        return decode(recorded)
-      }
-      if (taken === 'OK') return { state: 'new' }
+      if (await this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX') === 'OK') return { state: 'new' }
       const value = await this.#redis.get(id)
       // Expired between the two commands: try to take it again.
-      if (value !== null) return decode(value)
+      if (value === null) continue
+      const known = decode(value)
+      if (known.state === 'pending') return await this.#stored(scope, key, owner) ?? known
+      return known
     }
   }
 
@@ -160,11 +163,25 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     await this.#redis.set(this.#key(scope, key), `${DONE}${fingerprint}\n${answer}`, 'PX', this.#windowMs)
   }
 
-  async abandon (scope: string, key: string, fingerprint: string): Promise<void> {
+  async abandon (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<void> {
+    // Where the append ran but its reply was lost, its answer stands.
+    if (await this.#stored(scope, key, owner) !== undefined) return
     await (this.#redis as Redis & AbandonCommand).gwIdempotencyAbandon(this.#key(scope, key), PENDING + fingerprint)
   }
 
-  record (scope: string, key: string, fingerprint: string, answerHead: string, owner: StreamOwner): AppendRecord {
-    return { key: this.#recordKey(scope, key, owner), value: `${DONE}${fingerprint}\n${answerHead}`, ttlMs: this.#windowMs }
+  record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord {
+    return { id: `${scope}\n${key}`, value: `${DONE}${fingerprint}\n${answerHead}` }
+  }
+
+  /**
+   * The answer an append of the last PENDING_TTL_MS stored for the key,
+   * which then becomes the key's answer for the window.
+   */
+  async #stored (scope: string, key: string, owner: StreamOwner | undefined): Promise<KeyState | undefined> {
+    if (owner === undefined || this.#lookup === undefined) return undefined
+    const answer = await this.#lookup(owner, `${scope}\n${key}`, Date.now() - PENDING_TTL_MS - CLOCK_SKEW_MS)
+    if (answer === undefined) return undefined
+    await this.#redis.set(this.#key(scope, key), answer, 'PX', this.#windowMs)
+    return decode(answer)
   }
 }

@@ -140,8 +140,8 @@ export class RedisBroker implements Broker {
       this.#log.warn('redis connection ended: connecting again')
       client.connect().catch(() => { /* another 'end' revives it again */ })
     }, REVIVE_DELAY_MS).unref()
-    /* c8 ignore stop */
   }
+  /* c8 ignore stop */
 
   get connected (): boolean {
     return this.#connected

@@ -7,11 +7,11 @@ import {
 } from './history-store.js'
 
 /**
- * KEYS: stream, meta, idempotency key (the stream again when none), the
- * user's connections per instance (the stream again for broadcasts). ARGV: epoch if the stream has none, max entries,
+ * KEYS: stream, meta, the user's connections per instance (the stream again
+ * for broadcasts). ARGV: epoch if the stream has none, max entries,
  * retention (ms), meta ttl (ms), now (ms), channel, message prefix, frame
  * head, frame tail, PUBLISH or SPUBLISH (Cluster: the channel is in the
- * keys' slot), idempotency answer head ('' for none) and its ttl (ms), this
+ * keys' slot), idempotency answer head ('' for none) and its id, this
  * instance's id ('' for broadcasts). Returns epoch, seq, PUBLISH's count and
  * the user's connections held by the other instances.
  *
@@ -31,13 +31,16 @@ local s = redis.call('HINCRBY', KEYS[2], 's', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local pos = e .. ':' .. s
 local frame = ARGV[8] .. pos .. ARGV[9]
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[5])
+if ARGV[11] == '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[5])
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], s .. '-0', 'f', frame, 't', ARGV[5], 'i', ARGV[12], 'a', ARGV[11] .. pos .. '"}')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local n = redis.call(ARGV[10], ARGV[6], ARGV[7] .. pos .. ' ' .. frame)
-if ARGV[11] ~= '' then redis.call('SET', KEYS[3], ARGV[11] .. pos .. '"}', 'PX', ARGV[12]) end
 local others = 0
 if ARGV[13] ~= '' then
-  local held = redis.call('HGETALL', KEYS[4])
+  local held = redis.call('HGETALL', KEYS[3])
   for i = 1, #held, 2 do
     if held[i] ~= ARGV[13] then others = others + tonumber(held[i + 1]) end
   end
@@ -78,12 +81,33 @@ end
 return out
 `
 
+/**
+ * KEYS: stream. ARGV: record id, oldest ts looked at (ms), the exclusive
+ * upper bound (`+` first), entries per call. Scans newest first. Returns
+ * {1, answer} when found, {0} when not, {2, last id} to go on.
+ */
+const FIND = `
+local entries = redis.call('XREVRANGE', KEYS[1], ARGV[3], '-', 'COUNT', ARGV[4])
+local oldest = tonumber(ARGV[2])
+for i = 1, #entries do
+  local fields = entries[i][2]
+  if tonumber(fields[4]) < oldest then return {0} end
+  if fields[6] == ARGV[1] then return {1, fields[8]} end
+end
+if #entries < tonumber(ARGV[4]) then return {0} end
+return {2, entries[#entries][1]}
+`
+
+/** Entries a FIND call looks at: bounds each call's time in Redis. */
+const FIND_BATCH = 256
+
 type AppendReply = [Buffer, number, number, number]
 type ReadReply = [Buffer, number, ...Buffer[]]
 
 interface HistoryCommands {
-  gwHistoryAppendBuffer: (stream: string, meta: string, record: string, held: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
+  gwHistoryAppendBuffer: (stream: string, meta: string, held: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
   gwHistoryReadBuffer: (stream: string, meta: string, ...args: Array<string | number>) => Promise<ReadReply>
+  gwHistoryFind: (stream: string, id: string, oldest: number, before: string, count: number) => Promise<[0] | [1 | 2, string]>
 }
 
 export interface RedisHistoryStoreOptions {
@@ -125,8 +149,9 @@ export class RedisHistoryStore implements HistoryStore {
   constructor (opts: RedisHistoryStoreOptions) {
     const redis = opts.redis as Redis & Partial<HistoryCommands>
     if (redis.gwHistoryAppendBuffer === undefined) {
-      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 4, lua: APPEND })
+      redis.defineCommand('gwHistoryAppend', { numberOfKeys: 3, lua: APPEND })
       redis.defineCommand('gwHistoryRead', { numberOfKeys: 2, lua: READ })
+      redis.defineCommand('gwHistoryFind', { numberOfKeys: 1, lua: FIND })
     }
     this.#redis = redis as Redis & HistoryCommands
     this.#limits = opts.limits
@@ -145,11 +170,26 @@ export class RedisHistoryStore implements HistoryStore {
     const [stream, meta] = this.#keys(owner)
     const held = owner === null ? undefined : this.#held
     const [epoch, seq, receivers, others] = await this.#redis.gwHistoryAppendBuffer(
-      stream, meta, record?.key ?? stream, held?.keyOf(owner as string) ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
+      stream, meta, held?.keyOf(owner as string) ?? stream, newEpoch(), this.#limits.maxEntries, this.#limits.retentionMs, STREAM_META_TTL_MS,
       Date.now(), this.#channelOf(this.#topicOf(owner)), this.#prefixHead, head, tail, this.#publishCommand,
-      record?.value ?? '', record?.ttlMs ?? 0, held?.instanceId ?? ''
+      record?.value ?? '', record?.id ?? '', held?.instanceId ?? ''
     )
     return { epoch: epoch.toString('latin1'), seq, receivers, others: held === undefined ? undefined : others }
+  }
+
+  /**
+   * The idempotency answer stored with an entry appended at `sinceMs` or
+   * later (by the appending instance's clock) under `id`, if any.
+   */
+  async findRecord (owner: StreamOwner, id: string, sinceMs: number): Promise<string | undefined> {
+    const [stream] = this.#keys(owner)
+    let before = '+'
+    for (;;) {
+      const [state, value] = await this.#redis.gwHistoryFind(stream, id, sinceMs, before, FIND_BATCH)
+      if (state === 0) return undefined
+      if (state === 1) return value
+      before = `(${value}`
+    }
   }
 
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {

@@ -174,17 +174,17 @@ export class Delivery {
    * idempotency answer to store with a single-stream append (see
    * AppendRecord).
    */
-  async publish (target: Target, alert: Alert, record?: (stream: StreamName, owner: StreamOwner) => AppendRecord | undefined): Promise<PublishResult> {
+  async publish (target: Target, alert: Alert, record?: (stream: StreamName) => AppendRecord | undefined): Promise<PublishResult> {
     if ('all' in target) {
       this.#metrics.published('all')
       if (this.#history === null) return { delivered: await this.broadcast(encodeFrame(alert)) + this.#others }
       const local = this.#sessions.writableOf(null)
-      const { epoch, seq } = await this.#history.append(null, ...this.#parts(alert, 'all'), record?.('all', null))
+      const { epoch, seq } = await this.#history.append(null, ...this.#parts(alert, 'all'), record?.('all'))
       return { delivered: local + this.#others, stream: 'all', pos: formatPosition(epoch, seq) }
     }
     if ('userId' in target) {
       this.#metrics.published('user')
-      return await this.#toUser(target.userId, alert, this.#history === null ? encodeFrame(alert) : null, record?.('user', target.userId))
+      return await this.#toUser(target.userId, alert, this.#history === null ? encodeFrame(alert) : null, record?.('user'))
     }
     this.#metrics.published('users')
     const frame = this.#history === null ? encodeFrame(alert) : null

@@ -30,23 +30,64 @@ t.test('the append stores the idempotency answer in its own step', async (t) => 
   const redis = await RedisServer.start(t)
   const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
   t.teardown(() => { client.disconnect() })
-  const idempotency = new RedisIdempotencyStore(client, 'rec:', 60_000)
   const history = new RedisHistoryStore({
     redis: client,
     prefix: 'rec:',
-    limits: { maxEntries: 10, retentionMs: 60_000 },
+    limits: { maxEntries: 600, retentionMs: 60_000 },
     channelOf: (topic) => `rec:${topic}`,
     origin: Buffer.from('****************'),
     topicOf: (owner) => owner === null ? ALL_TOPIC : userTopic(owner)
   })
-  t.same(await idempotency.begin('svc', 'k', 'fp'), { state: 'new' })
-  const { epoch, seq } = await history.append('ann', '{"type":"alert","id":"x","pos":"', '"}', idempotency.record('svc', 'k', 'fp', '{"id":"x","delivered":0,"stream":"user","pos":"', 'ann'))
+  const idempotency = new RedisIdempotencyStore(client, 'rec:', 60_000, history.findRecord.bind(history))
+  const head = (id: string, stream: string) => `{"id":"${id}","delivered":0,"stream":"${stream}","pos":"`
+  t.same(await idempotency.begin('svc', 'k', 'fp', 'ann'), { state: 'new' })
+  const { epoch, seq } = await history.append('ann', '{"type":"alert","id":"x","pos":"', '"}', idempotency.record('svc', 'k', 'fp', head('x', 'user')))
+  // More alerts after it than one look at the stream covers (256).
+  for (let i = 0; i < 300; i++) await history.append('ann', '{"type":"alert","pos":"', '"}', i % 2 === 0 ? undefined : idempotency.record('svc', `other-${i}`, 'fp', head(`o${i}`, 'user')))
+  t.equal((await history.read('ann', { epoch, seq: 0 })).entries.length, 301, 'the answers do not change what is read')
   // The reply is lost here: the request fails and tries to free the key.
-  await idempotency.abandon('svc', 'k', 'fp')
+  await idempotency.abandon('svc', 'k', 'fp', 'ann')
+  t.equal(await client.get('rec:idem:{svc}:k'), `Dfp\n{"id":"x","delivered":0,"stream":"user","pos":"${epoch}:${seq}"}`, 'not freed: the stored answer is the key\'s')
   const repeat = await idempotency.begin('svc', 'k', 'fp', 'ann')
   t.equal(repeat.state, 'done', 'the retry finds the answer')
   t.same(JSON.parse((repeat as { answer: string }).answer), { id: 'x', delivered: 0, stream: 'user', pos: `${epoch}:${seq}` })
   t.ok(await client.pttl('rec:idem:{svc}:k') > 50_000, 'kept under the key for the window')
   t.equal((await idempotency.begin('svc', 'k', 'other', 'ann')).state, 'done', 'a repeat with another body sees the answer too (422)')
-  t.ok(await client.exists('rec:idem-ans:{ann}:svc:k'), 'the append wrote it in the stream\'s slot')
+
+  // Reply lost and the key could not be freed (Redis down): the retry finds it pending, then the answer.
+  t.same(await idempotency.begin('svc', 'b', 'fp', null), { state: 'new' })
+  const all = await history.append(null, '{"type":"alert","id":"y","pos":"', '"}', idempotency.record('svc', 'b', 'fp', head('y', 'all')))
+  const pending = await idempotency.begin('svc', 'b', 'fp', null)
+  t.same(pending.state === 'done' && JSON.parse(pending.answer), { id: 'y', delivered: 0, stream: 'all', pos: `${all.epoch}:${all.seq}` }, 'a pending key whose append ran is answered')
+  t.same(await idempotency.begin('svc', 'b', 'fp', 'ann'), pending, 'then from the key itself')
+
+  // Not appended: freed; still pending: waits; looked up in its own stream only.
+  t.same(await idempotency.begin('svc', 'c', 'fp', 'ann'), { state: 'new' })
+  t.same(await idempotency.begin('svc', 'c', 'fp', 'ann'), { state: 'pending', fingerprint: 'fp' }, 'nothing stored yet: a repeat waits')
+  t.same(await idempotency.begin('svc', 'c', 'fp'), { state: 'pending', fingerprint: 'fp' }, 'userIds: no stream to look in')
+  await idempotency.abandon('svc', 'c', 'fp', 'bob')
+  t.same(await idempotency.begin('svc', 'c', 'fp', 'ann'), { state: 'new' }, 'freed: nothing was appended')
+
+  // Only entries appended since the key could have been taken are looked at.
+  await client.set('rec:idem:{svc}:old', 'Pfp')
+  await client.xadd('rec:hist:{carl}', '1-0', 'f', '{}', 't', Date.now() - 36_000, 'i', 'svc\nold', 'a', 'Dfp\n{}')
+  t.same(await idempotency.begin('svc', 'old', 'fp', 'carl'), { state: 'pending', fingerprint: 'fp' }, 'an entry older than a pending key can be is not its answer')
+})
+
+t.test('a key that expires between taking and reading it is taken again', async (t) => {
+  const redis = await RedisServer.start(t)
+  const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  t.teardown(() => { client.disconnect() })
+  const store = new RedisIdempotencyStore(client, 'race:', 60_000)
+  t.same(await store.begin('svc', 'k', 'fp'), { state: 'new' })
+  // Stage the race: the pending mark expires right after SET NX failed.
+  const get = client.get.bind(client)
+  let staged = 0
+  client.get = (async (key: string) => {
+    if (staged++ === 0) await client.del(key)
+    return await get(key)
+  }) as typeof client.get
+  t.same(await store.begin('svc', 'k', 'fp2'), { state: 'new' }, 'taken by the second request')
+  t.equal(staged, 1)
+  t.equal(await get('race:idem:{svc}:k'), 'Pfp2')
 })
