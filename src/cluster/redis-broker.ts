@@ -1,4 +1,5 @@
-import type { Redis } from 'ioredis'
+import calculateSlot from 'cluster-key-slot'
+import type { Cluster, Redis } from 'ioredis'
 import type { Log } from '../lib/log.js'
 import type { Broker, BrokerHandlers } from './broker.js'
 import type { RedisConnections } from './redis-connections.js'
@@ -25,6 +26,12 @@ const REVIVE_DELAY_MS = 500
 
 /** Probes missed in a row before the subscription counts as broken. */
 const PROBES_MISSED_BROKEN = 2
+
+/** First byte of a probe's topic: other channels are not looked at further. */
+const PROBE_MARK = 'p'.charCodeAt(0)
+
+/** Tags tried for one probe channel per master (thousands of masters). */
+const PROBE_TAG_TRIES = 100_000
 
 /**
  * The broker over Redis pub/sub: publishes on the command connection,
@@ -58,12 +65,17 @@ export class RedisBroker implements Broker {
   /** Sharded pub/sub on a Redis Cluster (SPUBLISH/SSUBSCRIBE). */
   readonly #sharded: boolean
   #everSubscribed = false
-  // The probe: a message to this instance's own channel every interval.
-  readonly #probeChannel: string
+  // The probe: a message to this instance's own channel every interval; on a
+  // Cluster, one channel per master (see #probeTopics).
+  readonly #probeTopic: string
   readonly #probeIntervalMs: number
   #probeTimer: NodeJS.Timeout | null = null
-  #probeSent = 0
-  #probeSeen = 0
+  /**
+   * Probe channel: the last probe sent on it and the last seen back; probes
+   * go out once it is subscribed.
+   */
+  readonly #probes = new Map<string, { sent: number, seen: number, subscribed: boolean }>()
+  #probeSeq = 0
   #probesMissed = 0
   /** The last probe came back (or none was due yet). */
   #probeOk = true
@@ -75,10 +87,13 @@ export class RedisBroker implements Broker {
     this.#prefix = opts.prefix
     this.#log = opts.log
     this.#probeIntervalMs = opts.probeIntervalMs ?? 0
-    this.#probeChannel = `${opts.prefix}probe:{${opts.instanceId}}`
-    // Restored after every reconnect with the other channels.
-    if (this.#probeIntervalMs > 0) this.#topics.add(`probe:{${opts.instanceId}}`)
+    this.#probeTopic = `probe:{${opts.instanceId}`
     this.#sharded = opts.connections.sharded
+    // Restored after every reconnect with the other channels.
+    if (this.#probeIntervalMs > 0 && !this.#sharded) {
+      this.#topics.add(`${this.#probeTopic}}`)
+      this.#probes.set(`${opts.prefix}${this.#probeTopic}}`, { sent: 0, seen: 0, subscribed: true })
+    }
     for (const client of this.#sharded ? [this.#command] : [this.#command, this.#subscriber]) {
       // Without an 'error' listener ioredis errors would crash the process.
       client.on('error', (err) => this.#log.debug({ err: err.message }, 'redis connection error'))
@@ -222,7 +237,8 @@ export class RedisBroker implements Broker {
    * half-open connection, a proxy that stopped forwarding): after
    * PROBES_MISSED_BROKEN probes missed in a row the bus counts as
    * disconnected and the subscriber connection is rebuilt, again every
-   * PROBES_MISSED_BROKEN intervals until probes come back.
+   * PROBES_MISSED_BROKEN intervals until probes come back. On a Cluster a
+   * probe goes through every master's subscriber connection.
    */
   startProbes (): void {
     if (this.#probeIntervalMs === 0 || this.#probeTimer !== null) return
@@ -233,11 +249,11 @@ export class RedisBroker implements Broker {
   #probe (): void {
     if (this.#command.status !== 'ready') {
       // Reported through the command connection already; start afresh when it is back.
-      this.#probeSeen = this.#probeSent
+      this.#forgetProbes()
       this.#probesMissed = 0
       return
     }
-    if (this.#probeSeen < this.#probeSent) {
+    if (!this.#probesBack()) {
       this.#probesMissed++
       this.#handlers.onProbeFailure?.()
       if (this.#probesMissed >= PROBES_MISSED_BROKEN) {
@@ -252,21 +268,75 @@ export class RedisBroker implements Broker {
         // subscriber group stuck mid-reset. It re-subscribes by itself;
         // the bus stays reported broken until a probe comes back.
         if (!this.#sharded && this.#probesMissed % PROBES_MISSED_BROKEN === 0) {
-          this.#probeSeen = this.#probeSent
+          this.#forgetProbes()
           this.#subscriber.disconnect(true)
         }
       }
     } else {
       this.#probesMissed = 0
     }
-    const seq = ++this.#probeSent
-    this.#publish(this.#probeChannel, String(seq)).catch(() => { /* counted as missed */ })
+    if (this.#sharded) this.#probeEveryMaster()
+    const seq = ++this.#probeSeq
+    for (const [channel, probe] of this.#probes) {
+      if (!probe.subscribed) continue
+      probe.sent = seq
+      this.#publish(channel, String(seq)).catch(() => { /* counted as missed */ })
+    }
   }
 
-  #onProbe (message: Buffer): void {
+  #probesBack (): boolean {
+    for (const probe of this.#probes.values()) if (probe.seen < probe.sent) return false
+    return true
+  }
+
+  #forgetProbes (): void {
+    for (const probe of this.#probes.values()) probe.seen = probe.sent
+  }
+
+  #addProbe (topic: string): void {
+    const probe = { sent: 0, seen: 0, subscribed: false }
+    this.#probes.set(this.#prefix + topic, probe)
+    this.subscribe(topic).then(() => { probe.subscribed = true }, /* c8 ignore next 4 -- the Cluster dropping between its 'ready' and the SSUBSCRIBE: a race no test can order */ () => {
+      // Tried again at the next probe.
+      if (this.#probes.get(this.#prefix + topic) === probe) this.#probes.delete(this.#prefix + topic)
+    })
+  }
+
+  /**
+   * Cluster: keeps one probe channel in a slot of each master, so a
+   * subscriber connection that stops delivering is found whichever shard it
+   * serves. Follows failovers and slot moves: a master without a channel
+   * gets one, a channel whose master serves another channel already goes.
+   */
+  #probeEveryMaster (): void {
+    const slots = (this.#command as unknown as Cluster).slots
+    const owners = new Map<string, string>()
+    for (const channel of this.#probes.keys()) {
+      const master = slots[calculateSlot(channel)]?.[0]
+      if (master === undefined || owners.has(master)) {
+        this.#probes.delete(channel)
+        this.unsubscribe(channel.slice(this.#prefix.length))
+      } else {
+        owners.set(master, channel)
+      }
+    }
+    const masters = new Set<string>()
+    for (const nodes of slots) if (nodes?.[0] !== undefined) masters.add(nodes[0])
+    for (let n = 0; owners.size < masters.size && n < PROBE_TAG_TRIES; n++) {
+      const topic = `${this.#probeTopic}.${n}}`
+      const master = slots[calculateSlot(topic)]?.[0]
+      if (master === undefined || owners.has(master)) continue
+      owners.set(master, topic)
+      this.#addProbe(topic)
+    }
+  }
+
+  #onProbe (channel: string, message: Buffer): void {
+    const probe = this.#probes.get(channel)
+    if (probe === undefined) return
     const seq = Number(message.toString('latin1'))
-    if (seq > this.#probeSeen) this.#probeSeen = seq
-    if (!this.#probeOk && this.#probeSeen === this.#probeSent) {
+    if (seq > probe.seen) probe.seen = seq
+    if (!this.#probeOk && this.#probesBack()) {
       this.#probeOk = true
       this.#probesMissed = 0
       this.#updateConnected()
@@ -274,9 +344,12 @@ export class RedisBroker implements Broker {
   }
 
   #onMessage (channel: Buffer, message: Buffer): void {
-    if (this.#probeIntervalMs > 0 && channel.length === this.#probeChannel.length && channel.toString('latin1') === this.#probeChannel) {
-      this.#onProbe(message)
-      return
+    if (this.#probes.size > 0 && channel[this.#prefix.length] === PROBE_MARK) {
+      const name = channel.toString('latin1')
+      if (name.startsWith(this.#probeTopic, this.#prefix.length)) {
+        this.#onProbe(name, message)
+        return
+      }
     }
     const originLength = this.#origin.length
     if (message.length <= originLength || this.#origin.equals(message.subarray(0, originLength))) return

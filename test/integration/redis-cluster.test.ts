@@ -10,8 +10,11 @@ import { waitUntil } from '../helpers/timeout.js'
 import { serviceToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 import { ReadyWatch } from '../helpers/ready-watch.js'
+import { metricValue } from '../helpers/metrics.js'
 
 const PROBE_MS = 300
+/** Allowed beyond 3 probe intervals for timers and scrapes on a loaded machine. */
+const STALL_SLACK_MS = 1000
 
 // Regressions in (d): two missed probes made the broker disconnect its
 // subscriber, which on a Cluster is the ioredis Cluster carrying every
@@ -223,6 +226,55 @@ t.test('moving the slot of a connected user\'s channel to another master while p
     t.same(problemsOf(client, name), [], `${name}: every alert answered 202 once, in position order`)
     t.equal(client.ws.readyState, client.ws.OPEN, `${name}: still connected`)
   }
+})
+
+// Regression: the probe went through the shard of one channel only, so a
+// master whose pub/sub stopped delivering went unnoticed by every instance
+// whose probe channel lived elsewhere.
+/** Per master: the probe channels subscribed there (`PUBSUB SHARDCHANNELS`). */
+async function probeChannels (): Promise<Map<number, string[]>> {
+  return new Map(await Promise.all((await cluster.masters()).map(async (port) => {
+    const admin = await cluster.admin(port)
+    try {
+      return [port, (await admin.call('PUBSUB', 'SHARDCHANNELS', `${prefix}probe:*`) as string[]).sort()] as const
+    } finally {
+      admin.disconnect()
+    }
+  })))
+}
+
+/** Every master has exactly one probe channel of each instance. */
+function oneProbePerMaster (channels: Map<number, string[]>): boolean {
+  const instanceOf = (channel: string): string => channel.slice(channel.indexOf('{') + 1, channel.lastIndexOf('.'))
+  return [...channels.values()].every((list) => list.length === instances.length && new Set(list.map(instanceOf)).size === instances.length)
+}
+
+t.test('a master whose pub/sub stalls, whichever it is: every instance reports the bus down within 3 probe intervals, then recovers by itself', async (t) => {
+  let channels = await probeChannels()
+  await waitUntil(async () => oneProbePerMaster(channels = await probeChannels()), 5000, 'a probe channel of each instance on each master')
+  t.pass(`probe channels: ${JSON.stringify([...channels])}`)
+  // A slot move puts two of an instance's probe channels on one master and none on another: rearranged.
+  const [from, [moved]] = [...channels][0]
+  const to = masters.find((m) => m !== from) as number
+  await cluster.moveSlot(slotOf(moved), to)
+  await waitUntil(async () => oneProbePerMaster(channels = await probeChannels()), 5000, 'one probe channel of each instance on each master again')
+  t.pass(`after ${moved} moved ${from} -> ${to}: ${JSON.stringify([...channels])}`)
+  for (const stalled of masters) {
+    const failures = await Promise.all(instances.map((i) => metricValue(i.url, 'ws_bus_probe_failures_total')))
+    const admin = await cluster.admin(stalled)
+    // Nothing that master is sent runs for 3 s: no SPUBLISH, so no probe through it comes back.
+    await admin.call('CLIENT', 'PAUSE', 3000, 'ALL')
+    const pausedAt = Date.now()
+    admin.disconnect()
+    const down = await Promise.all(instances.map((i) => waitUntil(async () => await metricValue(i.url, 'ws_bus_connected') === 0, 3 * PROBE_MS + STALL_SLACK_MS, 'the bus down').then(() => Date.now() - pausedAt, () => null)))
+    for (const [n, instance] of instances.entries()) {
+      t.ok(down[n] !== null, `${instance.url}: ws_bus_connected 0 within 3 intervals of ${stalled} stalling (${down[n] ?? 'not'} ms)`)
+      t.ok(await metricValue(instance.url, 'ws_bus_probe_failures_total') > failures[n], `${instance.url}: probe failures counted`)
+    }
+    for (const instance of instances) await waitForStatus(`${instance.url}/ready`, 200, 10_000)
+  }
+  await lastAlerts(t, 'p')
+  for (const [name, client] of clients) t.same(problemsOf(client, name), [], `${name}: every alert answered 202 once, in position order`)
 })
 
 t.test('SIGKILL of the master holding the broadcast channel and a user\'s channel: after the promotion delivery resumes and every alert answered 202 arrives', async (t) => {
