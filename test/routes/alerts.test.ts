@@ -308,3 +308,16 @@ t.test('a publish or logout whose bus step fails after authentication answers 50
   const logout = await fetch(`${gw.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('bus-gone')}` } })
   t.equal(logout.status, 503, 'a logout that cannot be stored is refused')
 })
+
+t.test('an idempotency answer that cannot be stored after the publish: still 202, logged', async (t) => {
+  const gw = await build(t, { captureLogs: 'warn' })
+  gw.app.cluster.idempotency.complete = async () => { throw new Error('bus gone') }
+  const res = await fetch(`${gw.url}/alerts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${serviceToken()}`, 'content-type': 'application/json', 'idempotency-key': 'k-1' },
+    body: JSON.stringify(alertTo({ all: true }))
+  })
+  t.equal(res.status, 202, 'the alert is published: its answer stands')
+  const { id } = await res.json() as { id: string }
+  t.ok(gw.logs.some((line) => line.includes('idempotency answer not stored') && line.includes(id)), 'the lost answer is logged with the alert id')
+})
