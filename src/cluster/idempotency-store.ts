@@ -53,10 +53,18 @@ export const PENDING_TTL_MS = 30_000
 /** Clock skew allowed between instances when looking for a stored answer. */
 const CLOCK_SKEW_MS = 5_000
 
+/**
+ * A key pending this long whose append is not in its stream belongs to a
+ * request that failed without freeing it (its instance died, or Redis did
+ * not answer the abandon, as in a failover): a retry takes it over. Well
+ * past a publish's Redis calls (2 s command timeout each).
+ */
+export const ABANDONED_AFTER_MS = 5_000
+
 const PENDING = 'P'
 const DONE = 'D'
 
-function decode (value: string): KeyState {
+function decode (value: string): Exclude<KeyState, { state: 'new' }> {
   const newline = value.indexOf('\n')
   if (value[0] === DONE && newline !== -1) return { state: 'done', fingerprint: value.slice(1, newline), answer: value.slice(newline + 1) }
   return { state: 'pending', fingerprint: value.slice(1) }
@@ -108,14 +116,18 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
   }
 }
 
-/** Deletes the key only while it still holds this request's pending mark. */
-const ABANDON = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+/**
+ * Only while the key still holds ARGV[1]: deletes it (ARGV[2] empty) or
+ * sets it to ARGV[2] for ARGV[3] ms. Returns 1 when it did.
+ */
+const SWAP = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
 `
 
-interface AbandonCommand {
-  gwIdempotencyAbandon: (key: string, pending: string) => Promise<number>
+interface SwapCommand {
+  gwIdempotencySwap: (key: string, expected: string, value: string, ttlMs: number) => Promise<number>
 }
 
 /**
@@ -133,8 +145,8 @@ export class RedisIdempotencyStore implements IdempotencyStore {
 
   /** `lookup`: where appends store answers (none without history). */
   constructor (redis: Redis, prefix: string, windowMs: number, lookup?: RecordLookup) {
-    if ((redis as Partial<AbandonCommand>).gwIdempotencyAbandon === undefined) {
-      redis.defineCommand('gwIdempotencyAbandon', { numberOfKeys: 1, lua: ABANDON })
+    if ((redis as Partial<SwapCommand>).gwIdempotencySwap === undefined) {
+      redis.defineCommand('gwIdempotencySwap', { numberOfKeys: 1, lua: SWAP })
     }
     this.#redis = redis
     this.#scopeKey = taggedKey(prefix, 'idem')
@@ -150,12 +162,16 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     const id = this.#key(scope, key)
     for (;;) {
       if (await this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX') === 'OK') return { state: 'new' }
-      const value = await this.#redis.get(id)
-      // Expired between the two commands: try to take it again.
+      const [value, ttl] = await Promise.all([this.#redis.get(id), this.#redis.pttl(id)])
+      // Expired between the commands: try to take it again.
       if (value === null) continue
       const known = decode(value)
-      if (known.state === 'pending') return await this.#stored(scope, key, owner) ?? known
-      return known
+      if (known.state === 'done' || owner === undefined || this.#lookup === undefined) return known
+      const stored = await this.#stored(scope, key, owner)
+      if (stored !== undefined) return stored
+      // Not appended: in progress, or abandoned by a request that failed.
+      if (known.fingerprint !== fingerprint || PENDING_TTL_MS - ttl < ABANDONED_AFTER_MS) return known
+      if (await this.#swap(id, value, PENDING + fingerprint, PENDING_TTL_MS)) return { state: 'new' }
     }
   }
 
@@ -166,7 +182,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   async abandon (scope: string, key: string, fingerprint: string, owner?: StreamOwner): Promise<void> {
     // Where the append ran but its reply was lost, its answer stands.
     if (await this.#stored(scope, key, owner) !== undefined) return
-    await (this.#redis as Redis & AbandonCommand).gwIdempotencyAbandon(this.#key(scope, key), PENDING + fingerprint)
+    await this.#swap(this.#key(scope, key), PENDING + fingerprint, '', 0)
   }
 
   record (scope: string, key: string, fingerprint: string, answerHead: string): AppendRecord {
@@ -177,6 +193,10 @@ export class RedisIdempotencyStore implements IdempotencyStore {
    * The answer an append of the last PENDING_TTL_MS stored for the key,
    * which then becomes the key's answer for the window.
    */
+  async #swap (id: string, expected: string, value: string, ttlMs: number): Promise<boolean> {
+    return await (this.#redis as Redis & SwapCommand).gwIdempotencySwap(id, expected, value, ttlMs) === 1
+  }
+
   async #stored (scope: string, key: string, owner: StreamOwner | undefined): Promise<KeyState | undefined> {
     if (owner === undefined || this.#lookup === undefined) return undefined
     const answer = await this.#lookup(owner, `${scope}\n${key}`, Date.now() - PENDING_TTL_MS - CLOCK_SKEW_MS)

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
-import { MemoryIdempotencyStore, RedisIdempotencyStore } from '../../../src/cluster/idempotency-store.js'
+import { ABANDONED_AFTER_MS, MemoryIdempotencyStore, PENDING_TTL_MS, RedisIdempotencyStore } from '../../../src/cluster/idempotency-store.js'
 import { RedisHistoryStore } from '../../../src/cluster/redis-history-store.js'
 import { ALL_TOPIC, userTopic } from '../../../src/cluster/broker.js'
 import { RedisServer } from '../../helpers/redis-server.js'
@@ -69,7 +69,7 @@ t.test('the append stores the idempotency answer in its own step', async (t) => 
   t.same(await idempotency.begin('svc', 'c', 'fp', 'ann'), { state: 'new' }, 'freed: nothing was appended')
 
   // Only entries appended since the key could have been taken are looked at.
-  await client.set('rec:idem:{svc}:old', 'Pfp')
+  await client.set('rec:idem:{svc}:old', 'Pfp', 'PX', PENDING_TTL_MS)
   await client.xadd('rec:hist:{carl}', '1-0', 'f', '{}', 't', Date.now() - 36_000, 'i', 'svc\nold', 'a', 'Dfp\n{}')
   t.same(await idempotency.begin('svc', 'old', 'fp', 'carl'), { state: 'pending', fingerprint: 'fp' }, 'an entry older than a pending key can be is not its answer')
 })
@@ -90,4 +90,37 @@ t.test('a key that expires between taking and reading it is taken again', async 
   t.same(await store.begin('svc', 'k', 'fp2'), { state: 'new' }, 'taken by the second request')
   t.equal(staged, 1)
   t.equal(await get('race:idem:{svc}:k'), 'Pfp2')
+})
+
+// Regression: a publish whose append was lost with a Cluster shard (its reply
+// lost, its key left pending because Redis did not answer the abandon) made
+// every retry wait out the 30 s mark, past the publisher's own deadline.
+t.test('a key pending past ABANDONED_AFTER_MS whose append is not in its stream is taken over by a retry', async (t) => {
+  const redis = await RedisServer.start(t)
+  const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  t.teardown(() => { client.disconnect() })
+  const history = new RedisHistoryStore({
+    redis: client,
+    prefix: 'ab:',
+    limits: { maxEntries: 100, retentionMs: 60_000 },
+    channelOf: (topic) => `ab:${topic}`,
+    origin: Buffer.from('****************'),
+    topicOf: (owner) => owner === null ? ALL_TOPIC : userTopic(owner)
+  })
+  const store = new RedisIdempotencyStore(client, 'ab:', 60_000, history.findRecord.bind(history))
+  const pendingFor = async (key: string, ageMs: number): Promise<void> => {
+    await client.set(`ab:idem:{svc}:${key}`, 'Pfp', 'PX', PENDING_TTL_MS - ageMs)
+  }
+  await pendingFor('young', ABANDONED_AFTER_MS - 1000)
+  t.same(await store.begin('svc', 'young', 'fp', 'ann'), { state: 'pending', fingerprint: 'fp' }, 'younger: possibly in progress, the retry waits')
+  await pendingFor('old', ABANDONED_AFTER_MS + 1000)
+  t.same(await store.begin('svc', 'old', 'other', 'ann'), { state: 'pending', fingerprint: 'fp' }, 'another body is not let in (422)')
+  t.same(await store.begin('svc', 'old', 'fp', null), { state: 'new' }, 'the same body takes it over')
+  t.ok(await client.pttl('ab:idem:{svc}:old') > PENDING_TTL_MS - 1000, 'pending afresh, for the retry')
+  t.same(await store.begin('svc', 'old', 'fp', null), { state: 'pending', fingerprint: 'fp' }, 'and only one retry does')
+  await pendingFor('appended', ABANDONED_AFTER_MS + 1000)
+  await history.append('ann', '{"type":"alert","id":"x","pos":"', '"}', store.record('svc', 'appended', 'fp', '{"id":"x","delivered":0,"stream":"user","pos":"'))
+  t.equal((await store.begin('svc', 'appended', 'fp', 'ann')).state, 'done', 'appended: answered, never taken over')
+  await pendingFor('ids', ABANDONED_AFTER_MS + 1000)
+  t.equal((await store.begin('svc', 'ids', 'fp')).state, 'pending', 'userIds: no stream tells, it waits for the mark to expire')
 })
