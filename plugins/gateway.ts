@@ -47,7 +47,6 @@ async function gatewayPlugin (fastify: FastifyInstance, opts: GatewayOptions) {
   const claims = new UserClaims({
     delivery,
     store: cluster.claims,
-    revocations: cluster.revocations,
     registry: sessions,
     maxPerUser: config.ws.maxConnectionsPerUser
   })

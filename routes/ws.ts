@@ -138,7 +138,17 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     state.listeners.push(onClose)
     socket?.once('close', onClose)
     // Independent (another key, another connection): taken concurrently.
-    const [slot, claim] = await Promise.allSettled([limits.acquireConnection(request, reply), claims.claim(userId)])
+    // History is read once the user is watched, with the claim: every later
+    // alert reaches this instance, so the session misses nothing between
+    // read and live.
+    // (`since`, not `state`, in the closure: the closures of this function
+    // share one context, and the release closure lives as long as the
+    // session; `state` would keep the upgrade request with it.)
+    const since = state.since
+    const [slot, claim] = await Promise.allSettled([
+      limits.acquireConnection(request, reply),
+      claims.claim(userId, () => delivery.resume(userId, since))
+    ])
     if (slot.status === 'fulfilled') reservation.releases.push(slot.value)
     if (claim.status === 'fulfilled') {
       reservation.generation = claim.value.generation
@@ -148,7 +158,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       release(reservation)
       // The address limit (429) is the answer when both fail.
       if (slot.status === 'rejected') throw slot.reason
-      request.log.warn({ err: (claim as PromiseRejectedResult).reason }, 'user claim failed')
+      request.log.warn({ err: (claim as PromiseRejectedResult).reason }, 'user claim or history read failed')
       throw new BusUnavailableError()
     }
     // Read after the subscription was in place: a logout that raced the
@@ -157,15 +167,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       release(reservation)
       throw new TokenRevokedError()
     }
-    // History is read once the user is watched: every later alert reaches
-    // this instance, so the session misses nothing between read and live.
-    try {
-      state.plan = await delivery.resume(userId, state.since)
-    } catch (err) {
-      release(reservation)
-      request.log.warn({ err }, 'history not readable')
-      throw new BusUnavailableError()
-    }
+    state.plan = claim.value.read
     if (gone()) {
       // Gone while we waited on Redis, possibly before the listener above.
       release(reservation)

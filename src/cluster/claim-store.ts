@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis'
-import { UserKey } from './user-key.js'
+import type { RevocationStore } from './revocation-store.js'
+import { taggedKey } from './user-key.js'
 
 /** Generations outlive any session; refreshed at every claim. */
 const GENERATION_TTL_SEC = 30 * 24 * 3600
@@ -11,9 +12,20 @@ const HELD_TTL_SEC = 24 * 3600
  * how many of the user's connections each instance holds (what `delivered`
  * counts on the other instances).
  */
+/** What a claim reads in its one step. */
+export interface ClaimRead {
+  /** The user's next generation, cluster-wide. */
+  generation: number
+  /** The user's revocation second (epoch s), or null. */
+  revokedBefore: number | null
+}
+
 export interface ClaimStore {
-  /** The next generation; counts one more connection of the user held here. */
-  nextGeneration (userId: string): Promise<number>
+  /**
+   * Takes the next generation, counts one more connection of the user held
+   * here, and reads the user's revocation, in one step.
+   */
+  claim (userId: string): Promise<ClaimRead>
   /** One connection of the user fewer here (after nextGeneration, once). */
   released (userId: string): void
   /** Connections of the user held by the other instances. */
@@ -25,11 +37,16 @@ export interface ClaimStore {
 /** One instance: generations only order its own live sessions. */
 export class MemoryClaimStore implements ClaimStore {
   readonly #generations = new Map<string, number>()
+  readonly #revocations: RevocationStore
 
-  async nextGeneration (userId: string): Promise<number> {
-    const next = (this.#generations.get(userId) ?? 0) + 1
-    this.#generations.set(userId, next)
-    return next
+  constructor (revocations: RevocationStore) {
+    this.#revocations = revocations
+  }
+
+  async claim (userId: string): Promise<ClaimRead> {
+    const generation = (this.#generations.get(userId) ?? 0) + 1
+    this.#generations.set(userId, generation)
+    return { generation, revokedBefore: await this.#revocations.revokedBefore(userId) }
   }
 
   released (_userId: string): void {}
@@ -43,6 +60,19 @@ export class MemoryClaimStore implements ClaimStore {
     this.#generations.delete(userId)
   }
 }
+
+/**
+ * KEYS: generation, connections per instance, revocation (one user's, one
+ * slot). ARGV: instance id, generation TTL (s), count TTL (s). Returns the
+ * generation and the revocation second (nil: none).
+ */
+const CLAIM = `
+local generation = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {generation, redis.call('GET', KEYS[3])}
+`
 
 /** Decrements this instance's count of the user's connections, dropping it at 0. */
 const RELEASE = `
@@ -60,6 +90,7 @@ return sum
 `
 
 interface HeldCommands {
+  gwClaim: (generation: string, held: string, revoked: string, instanceId: string, generationTtlSec: number, heldTtlSec: number) => Promise<[number, string | null]>
   gwHeldRelease: (key: string, instanceId: string) => Promise<unknown>
   gwHeldOthers: (key: string, instanceId: string) => Promise<number>
 }
@@ -72,15 +103,19 @@ interface HeldCommands {
  * still follows the user.
  */
 export class RedisClaimStore implements ClaimStore {
-  readonly #key: UserKey
+  readonly #generation: (userId: string) => string
   readonly #held: (userId: string) => string
+  /** RedisRevocationStore's key, read in the claim's step. */
+  readonly #revoked: (userId: string) => string
   readonly #redis: Redis & HeldCommands
   readonly #instanceId: string
 
   constructor (redis: Redis, prefix: string, instanceId = '') {
-    this.#key = new UserKey(redis, prefix, 'gen')
-    this.#held = new UserKey(redis, prefix, 'held').of
+    this.#generation = taggedKey(prefix, 'gen')
+    this.#held = taggedKey(prefix, 'held')
+    this.#revoked = taggedKey(prefix, 'revoked')
     if ((redis as Partial<HeldCommands>).gwHeldRelease === undefined) {
+      redis.defineCommand('gwClaim', { numberOfKeys: 3, lua: CLAIM })
       redis.defineCommand('gwHeldRelease', { numberOfKeys: 1, lua: RELEASE })
       redis.defineCommand('gwHeldOthers', { numberOfKeys: 1, lua: OTHERS })
     }
@@ -88,18 +123,11 @@ export class RedisClaimStore implements ClaimStore {
     this.#instanceId = instanceId
   }
 
-  async nextGeneration (userId: string): Promise<number> {
-    const { redis } = this.#key
-    const key = this.#key.of(userId)
-    const held = this.#held(userId)
-    // All sent at once (one round trip); INCR is what must succeed.
-    const [generation] = await Promise.all([
-      redis.incr(key),
-      redis.expire(key, GENERATION_TTL_SEC),
-      redis.hincrby(held, this.#instanceId, 1),
-      redis.expire(held, HELD_TTL_SEC)
-    ])
-    return generation
+  async claim (userId: string): Promise<ClaimRead> {
+    const [generation, revoked] = await this.#redis.gwClaim(
+      this.#generation(userId), this.#held(userId), this.#revoked(userId), this.#instanceId, GENERATION_TTL_SEC, HELD_TTL_SEC
+    )
+    return { generation, revokedBefore: revoked === null ? null : Number(revoked) }
   }
 
   released (userId: string): void {

@@ -68,10 +68,11 @@ export function createCluster (opts: ClusterOptions): Cluster {
   const target = opts.redis ?? (opts.redisUrl === undefined ? null : { kind: 'url' as const, url: opts.redisUrl })
   if (target === null) {
     const broker = new MemoryBroker()
+    const revocations = new MemoryRevocationStore()
     return {
       broker,
-      claims: new MemoryClaimStore(),
-      revocations: new MemoryRevocationStore(),
+      claims: new MemoryClaimStore(revocations),
+      revocations,
       history: opts.history.maxEntries === 0 ? null : new MemoryHistoryStore(opts.history, (topic, message) => broker.loopback(topic, message)),
       idempotency: new MemoryIdempotencyStore(opts.idempotencyWindowMs),
       sessionCounts: new MemorySessionCounts(),

@@ -1,14 +1,15 @@
 import type { ClaimStore } from '../cluster/claim-store.js'
-import type { RevocationStore } from '../cluster/revocation-store.js'
 import type { ControlEvent, Delivery } from '../delivery/delivery.js'
 import type { SessionRegistry } from './session-registry.js'
 
 /** What a connection holds once it claimed its user. */
-export interface Claim {
+export interface Claim<T> {
   /** Cluster-wide, strictly increasing per user. */
   generation: number
   /** The user's revocation second read after subscribing, or null. */
   revokedBefore: number | null
+  /** What the claim's `read` gave. */
+  read: T
 }
 
 /**
@@ -29,7 +30,6 @@ export interface Claim {
 export interface UserClaimsOptions {
   delivery: Delivery
   store: ClaimStore
-  revocations: RevocationStore
   registry: SessionRegistry
   maxPerUser: number
 }
@@ -37,7 +37,6 @@ export interface UserClaimsOptions {
 export class UserClaims {
   readonly #delivery: Delivery
   readonly #store: ClaimStore
-  readonly #revocations: RevocationStore
   readonly #registry: SessionRegistry
   readonly #maxPerUser: number
   readonly #newest = new Map<string, number>()
@@ -46,7 +45,6 @@ export class UserClaims {
   constructor (opts: UserClaimsOptions) {
     this.#delivery = opts.delivery
     this.#store = opts.store
-    this.#revocations = opts.revocations
     this.#registry = opts.registry
     this.#maxPerUser = opts.maxPerUser
     this.#delivery.setControlHandler((userId, event) => this.apply(userId, event))
@@ -54,16 +52,14 @@ export class UserClaims {
 
   /**
    * Watches the user, then takes a generation and reads the revocation (one
-   * round trip); call release() unless it throws.
+   * step), and `read` (what must be read once every later event of the user
+   * reaches this instance) at the same time; call release() unless it throws.
    */
-  async claim (userId: string): Promise<Claim> {
+  async claim<T> (userId: string, read: () => Promise<T>): Promise<Claim<T>> {
     await this.#delivery.watch(userId)
     try {
-      const [generation, revokedBefore] = await Promise.all([
-        this.#store.nextGeneration(userId),
-        this.#revocations.revokedBefore(userId)
-      ])
-      return { generation, revokedBefore }
+      const [{ generation, revokedBefore }, value] = await Promise.all([this.#store.claim(userId), read()])
+      return { generation, revokedBefore, read: value }
     } catch (err) {
       this.release(userId)
       throw err

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { MemoryBroker } from '../../../src/cluster/memory-broker.js'
 import { MemoryClaimStore } from '../../../src/cluster/claim-store.js'
+import { MemoryRevocationStore } from '../../../src/cluster/revocation-store.js'
 import { MemoryIdempotencyStore } from '../../../src/cluster/idempotency-store.js'
 import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
 import { STREAM_META_TTL_MS } from '../../../src/cluster/history-store.js'
@@ -14,8 +15,11 @@ t.test('the in-process stores of a single instance', async (t) => {
   broker.unsubscribe('all')
   t.equal(await broker.ping(), true)
   await broker.close()
-  const claims = new MemoryClaimStore()
+  const revocations = new MemoryRevocationStore()
+  const claims = new MemoryClaimStore(revocations)
   t.equal(await claims.othersHolding('ann'), 0, 'no other instance holds anyone')
+  await revocations.revoke('ann', 100, 60)
+  t.same(await claims.claim('ann'), { generation: 1, revokedBefore: 100 }, 'a claim reads the revocation')
   t.equal(new MemoryIdempotencyStore(60_000).record(), undefined, 'nothing to store with an append: a crash loses it all anyway')
 })
 
