@@ -14,12 +14,19 @@ import { isRevoked } from '../src/lib/token-claims.js'
 import type { ResumePlan } from '../src/delivery/delivery.js'
 import { isWellFormedPosition } from '../protocol/position.js'
 
-/** What a request reserved before the upgrade; released if no session takes it. */
+/**
+ * What a request reserved before the upgrade; released if no session takes
+ * it, else when the session closes. Plain data, no closures: it lives as
+ * long as the session.
+ */
 interface Reservation {
   userId: string
   generation: number
   taken: boolean
-  releases: Array<() => void>
+  /** Frees the address slot; null when none is held. */
+  slot: (() => void) | null
+  /** The user's claim is held. */
+  claimed: boolean
 }
 
 /** An upgrade's state between its hooks and the session (`request.upgrade`). */
@@ -61,10 +68,6 @@ function classify (error: FastifyError): ConnectionResult | undefined {
   return undefined
 }
 
-function release (reservation: Reservation): void {
-  for (const fn of reservation.releases.splice(0)) fn()
-}
-
 /** GET /ws: the authenticated WebSocket endpoint. */
 export default async function wsRoutes (fastify: FastifyInstance) {
   fastify.decorateRequest('upgrade', null)
@@ -76,6 +79,16 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     log: fastify.log,
     verifyToken: fastify.verifyToken,
     checkRevoked: fastify.checkRevoked
+  }
+
+  /** Frees what the reservation holds, once. */
+  function release (reservation: Reservation): void {
+    const slot = reservation.slot
+    reservation.slot = null
+    slot?.()
+    if (!reservation.claimed) return
+    reservation.claimed = false
+    claims.release(reservation.userId)
   }
 
   function settle (state: UpgradeState | null): void {
@@ -126,7 +139,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     // emitted before anyone listened): take nothing for it.
     if (gone()) throw new ClientGoneError()
     const userId = request.user.sub
-    const reservation: Reservation = { userId, generation: 0, taken: false, releases: [] }
+    const reservation: Reservation = { userId, generation: 0, taken: false, slot: null, claimed: false }
     // Set by admit(), which runs first on every upgrade.
     const state = request.upgrade as UpgradeState
     state.reservation = reservation
@@ -141,18 +154,17 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     // History is read once the user is watched, with the claim: every later
     // alert reaches this instance, so the session misses nothing between
     // read and live.
-    // (`since`, not `state`, in the closure: the closures of this function
-    // share one context, and the release closure lives as long as the
-    // session; `state` would keep the upgrade request with it.)
+    // (No closure made here may outlive the handshake: they share this
+    // hook's context, which holds the upgrade request.)
     const since = state.since
     const [slot, claim] = await Promise.allSettled([
       limits.acquireConnection(request, reply),
       claims.claim(userId, () => delivery.resume(userId, since))
     ])
-    if (slot.status === 'fulfilled') reservation.releases.push(slot.value)
+    if (slot.status === 'fulfilled') reservation.slot = slot.value
     if (claim.status === 'fulfilled') {
       reservation.generation = claim.value.generation
-      reservation.releases.push(() => claims.release(userId))
+      reservation.claimed = true
     }
     if (slot.status === 'rejected' || claim.status === 'rejected') {
       release(reservation)

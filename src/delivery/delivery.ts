@@ -7,7 +7,7 @@ import type { SessionCounts } from '../cluster/session-counts.js'
 import type { Log } from '../lib/log.js'
 import type { Session } from '../session/session.js'
 import type { SessionRegistry } from '../session/session-registry.js'
-import { StreamFollow } from './stream-follow.js'
+import { StreamFollow, type FollowHooks } from './stream-follow.js'
 
 /** An event for one user's sessions, other than an alert. */
 export type ControlEvent =
@@ -122,6 +122,9 @@ export class Delivery {
   readonly #claims: Pick<ClaimStore, 'othersHolding'> | null
   readonly #watched = new Map<string, { refs: number, ready: Promise<void>, follow: StreamFollow | null }>()
   readonly #all: StreamFollow | null
+  readonly #hooks: FollowHooks
+  /** The broadcast stream's epoch as last read (see #epochOf). */
+  #allEpoch = ''
   #onControl: ((userId: string, event: ControlEvent) => void) | null = null
   #others = 0
   #countTimer: NodeJS.Timeout | null = null
@@ -134,6 +137,7 @@ export class Delivery {
     this.#counts = opts.sessionCounts ?? null
     this.#metrics = opts.metrics ?? NO_METRICS
     this.#claims = opts.claims ?? null
+    this.#hooks = this.#followHooks()
     this.#all = this.#follow(null)
   }
 
@@ -304,13 +308,23 @@ export class Delivery {
     const history = this.#history as HistoryStore
     if (since === undefined) {
       const read = await history.read(owner, null)
-      return { epoch: read.epoch, top: read.top, replay: [], recovered: true }
+      return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: [], recovered: true }
     }
     // Unknown positions read as another epoch: the newest entries, not recovered.
     const from: Position = parsePosition(since) ?? { epoch: '-', seq: 0 }
     const read: StreamRead = await history.read(owner, from)
     const recovered = from.epoch === read.epoch && from.seq <= read.top && read.entries.length === read.top - from.seq
-    return { epoch: read.epoch, top: read.top, replay: read.entries, recovered }
+    return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: read.entries, recovered }
+  }
+
+  /**
+   * The broadcast epoch as one string for every session that keeps it (its
+   * floor), not a copy read per handshake.
+   */
+  #epochOf (owner: StreamOwner, epoch: string): string {
+    if (owner !== null) return epoch
+    if (epoch !== this.#allEpoch) this.#allEpoch = epoch
+    return this.#allEpoch
   }
 
   /**
@@ -382,18 +396,25 @@ export class Delivery {
       return [follow.seq, plan.epoch]
     }
     for (const entry of missed) this.#sessions.send(session, entry.frame)
-    return [Math.max(plan.top, follow.seq), plan.epoch]
+    // since() leaves the follow in the plan's epoch: its copy is one string
+    // for the stream, not one per session.
+    return [Math.max(plan.top, follow.seq), follow.epoch as string]
   }
 
   #follow (owner: StreamOwner): StreamFollow | null {
-    const history = this.#history
-    if (history === null) return null
-    return new StreamFollow(owner === null ? RING_ALL : RING_USER, {
-      read: (from) => history.read(owner, from),
-      deliver: owner === null
-        ? (seq, frame) => { this.#sessions.broadcast(frame, seq) }
-        : (seq, frame) => { this.#sessions.sendToUser(owner, frame, seq) },
-      gap: (pos, newEpoch, rewoundTo) => {
+    if (this.#history === null) return null
+    return new StreamFollow(owner === null ? RING_ALL : RING_USER, owner, this.#hooks)
+  }
+
+  /** What every follow of this instance asks of it (one object, no per-user closures). */
+  #followHooks (): FollowHooks {
+    return {
+      read: (owner, from) => (this.#history as HistoryStore).read(owner, from),
+      deliver: (owner, seq, frame) => {
+        if (owner === null) this.#sessions.broadcast(frame, seq)
+        else this.#sessions.sendToUser(owner, frame, seq)
+      },
+      gap: (owner, pos, newEpoch, rewoundTo) => {
         const sessions = owner === null ? this.#sessions.list() : this.#sessions.sessionsOf(owner)
         const stream: StreamName = owner === null ? 'all' : 'user'
         for (const session of [...sessions]) {
@@ -418,7 +439,7 @@ export class Delivery {
       },
       caughtUp: (result) => this.#metrics.caughtUp(result),
       log: this.#log
-    })
+    }
   }
 
   /** `pos`: where the client stands afterwards in the gapped stream (default: the follow's position). */

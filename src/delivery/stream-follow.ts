@@ -1,15 +1,20 @@
 import { formatPosition, type Position } from '../../protocol/position.js'
-import { isNewerEpoch, type HistoryEntry, type StreamRead } from '../cluster/history-store.js'
+import { isNewerEpoch, type HistoryEntry, type StreamOwner, type StreamRead } from '../cluster/history-store.js'
 import type { Log } from '../lib/log.js'
 
 /** Live messages held while a catch-up reads; past this, history has them anyway. */
 const QUEUE_MAX = 10_000
 
+/**
+ * What a follow asks of its owner; one object for every follow of an
+ * instance (each call names the stream), so a followed user costs no
+ * closures.
+ */
 export interface FollowHooks {
-  /** History after `from` (see HistoryStore.read). */
-  read: (from: Position) => Promise<StreamRead>
+  /** History of `owner`'s stream after `from` (see HistoryStore.read). */
+  read: (owner: StreamOwner, from: Position) => Promise<StreamRead>
   /** Writes an alert of the stream to the local sessions following it. */
-  deliver: (seq: number, frame: Buffer) => void
+  deliver: (owner: StreamOwner, seq: number, frame: Buffer) => void
   /**
    * Alerts may be missing up to `pos`: tell the sessions following the
    * stream. With `newEpoch` the stream's epoch changed (its history was
@@ -17,7 +22,7 @@ export interface FollowHooks {
    * `rewoundTo` the stream's positions after it were given again to other
    * alerts (see StreamFollow): floors above it no longer hold.
    */
-  gap: (pos: string, newEpoch: string | null, rewoundTo?: number) => void
+  gap: (owner: StreamOwner, pos: string, newEpoch: string | null, rewoundTo?: number) => void
   caughtUp: (result: 'caught_up' | 'gap') => void
   log: Log
 }
@@ -42,14 +47,16 @@ export class StreamFollow {
   seq = 0
   readonly #ring: HistoryEntry[] = []
   readonly #ringSize: number
+  readonly #owner: StreamOwner
   readonly #hooks: FollowHooks
   readonly #queue: Queued[] = []
   #catching = false
   #again = false
   #closed = false
 
-  constructor (ringSize: number, hooks: FollowHooks) {
+  constructor (ringSize: number, owner: StreamOwner, hooks: FollowHooks) {
     this.#ringSize = ringSize
+    this.#owner = owner
     this.#hooks = hooks
   }
 
@@ -136,7 +143,7 @@ export class StreamFollow {
   }
 
   async #readMissed (): Promise<void> {
-    const read = await this.#hooks.read({ epoch: this.epoch as string, seq: this.seq })
+    const read = await this.#hooks.read(this.#owner, { epoch: this.epoch as string, seq: this.seq })
     if (this.#closed) return
     let gap = false
     let newEpoch: string | null = null
@@ -161,7 +168,7 @@ export class StreamFollow {
       gap = true
       this.seq = first - 1
     }
-    if (gap) this.#hooks.gap(this.position, newEpoch)
+    if (gap) this.#hooks.gap(this.#owner, this.position, newEpoch)
     for (const entry of read.entries) {
       if (entry.seq > this.seq) this.#deliver(entry.seq, entry.frame)
     }
@@ -209,14 +216,14 @@ export class StreamFollow {
     this.seq = seq
     while (this.#ring.length > 0 && this.#ring[this.#ring.length - 1].seq > seq) this.#ring.pop()
     this.#hooks.log.warn({ pos: this.position }, 'stream positions given again: history lost alerts after this one')
-    this.#hooks.gap(this.position, null, seq)
+    this.#hooks.gap(this.#owner, this.position, null, seq)
   }
 
   #deliver (seq: number, frame: Buffer): void {
     this.seq = seq
     this.#ring.push({ seq, frame })
     if (this.#ring.length > this.#ringSize) this.#ring.shift()
-    this.#hooks.deliver(seq, frame)
+    this.#hooks.deliver(this.#owner, seq, frame)
   }
 
   #enqueue (message: Queued): void {

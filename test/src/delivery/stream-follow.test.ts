@@ -25,13 +25,13 @@ function setup (t: { teardown: (fn: () => unknown) => void }, ringSize = 4): {
   const logs: string[] = []
   const reads: PendingRead[] = []
   let answered = 0
-  const follow = new StreamFollow(ringSize, {
-    read: (from) => new Promise<StreamRead>((resolve, reject) => {
-      events.push(`read ${from.epoch}:${from.seq}`)
+  const follow = new StreamFollow(ringSize, 'ann', {
+    read: (owner, from) => new Promise<StreamRead>((resolve, reject) => {
+      events.push(`read ${owner}:${from.epoch}:${from.seq}`.replace('ann:', ''))
       reads.push({ from, resolve, reject })
     }),
-    deliver: (seq, frame) => { events.push(`deliver ${seq} ${frame.toString()}`) },
-    gap: (pos, newEpoch, rewoundTo) => { events.push(newEpoch !== null ? `gap ${pos} epoch ${newEpoch}` : rewoundTo !== undefined ? `gap ${pos} rewound` : `gap ${pos}`) },
+    deliver: (_owner, seq, frame) => { events.push(`deliver ${seq} ${frame.toString()}`) },
+    gap: (_owner, pos, newEpoch, rewoundTo) => { events.push(newEpoch !== null ? `gap ${pos} epoch ${newEpoch}` : rewoundTo !== undefined ? `gap ${pos} rewound` : `gap ${pos}`) },
     caughtUp: (result) => { events.push(result) },
     log: pino({ level: 'debug' }, new Writable({ write (chunk, _e, cb) { logs.push(chunk.toString()); cb() } }))
   })
