@@ -426,16 +426,16 @@ function rows (stage) {
     { name: 'heap per idle connection after GC (KB)', get: (r) => r.memory?.heapPerConnectionKB },
     { name: `idle CPU, ${fmt(stage.heartbeatMs / 1000)} s heartbeat (% of a core)`, get: (r) => r.idle?.cpuPercentOfCore, skip: stage.idleMs === 0 },
     { name: 'heartbeat CPU per ping (us)', get: (r) => r.idle?.cpuUsPerPing, skip: stage.idleMs === 0 },
-    { name: 'handshake: server CPU per upgrade (us)', get: (r) => r.connect?.serverCpuUsPerHandshake, target: { ws: ['<=', 1.3] } },
+    { name: 'handshake: server CPU per upgrade (us)', get: (r) => r.connect?.serverCpuUsPerHandshake, target: { ws: ['<=', 1.5] } },
     { name: 'handshake: Redis CPU per upgrade (us)', get: (r) => r.connect?.redisCpuUsPerHandshake },
     { name: 'handshakes per second', get: (r) => r.connect?.handshakesPerSec, digits: 0 },
     { name: 'handshake latency p50 / p99 (ms)', get: (r) => r.connect?.latencyMs.p99, show: (r) => `${fmt(r.connect?.latencyMs.p50)} / ${fmt(r.connect?.latencyMs.p99)}` },
-    { name: `broadcast deliveries per second (${stage.broadcasts} x ${stage.connections})`, get: (r) => r.broadcast?.deliveriesPerSec, digits: 0, target: { ws: ['>=', 0.8], sio: ['>=', 2], nohist: ['>=', 0.9] }, skip: stage.broadcasts === 0 },
+    { name: `broadcast deliveries per second (${stage.broadcasts} x ${stage.connections})`, get: (r) => r.broadcast?.deliveriesPerSec, digits: 0, target: { ws: ['>=', 1.2], sio: ['>=', 1.8], nohist: ['>=', 0.9] }, skip: stage.broadcasts === 0 },
     { name: 'broadcast server CPU per delivery (us)', get: (r) => r.broadcast?.serverCpuUsPerDelivery, digits: 2, skip: stage.broadcasts === 0 },
     { name: 'broadcast server CPU per POST /alerts (us)', get: (r) => r.broadcast?.serverCpuUsPerAlert, digits: 0, skip: stage.broadcasts === 0 },
     { name: 'broadcast latency p50 / p99 / max (ms)', get: (r) => r.broadcast?.latencyMs.p99, show: (r) => latencyCell(r.broadcast?.latencyMs), skip: stage.broadcasts === 0 },
-    { name: single, get: (r) => r.single?.latencyMs.p99, show: (r) => latencyCell(r.single?.latencyMs), skip: stage.singleRate === 0, absolute: 50 },
-    { name: 'single-user server CPU per POST /alerts, heartbeats included (us)', get: (r) => r.single?.serverCpuUsPerAlert, digits: 0, target: { nohist: ['+', 150] }, skip: stage.singleRate === 0 },
+    { name: single, get: (r) => r.single?.latencyMs.p99, show: (r) => latencyCell(r.single?.latencyMs), skip: stage.singleRate === 0, absolute: ['p99', 50, 'ms'] },
+    { name: 'single-user server CPU per POST /alerts, heartbeats included (us)', get: (r) => r.single?.serverCpuUsPerAlert, digits: 0, target: { nohist: ['+', 150] }, skip: stage.singleRate === 0, absolute: ['', 250, 'us'] },
     { name: 'single-user alerts lost', get: (r) => r.single?.lost, digits: 0, skip: stage.singleRate === 0 },
     { name: 'unexpected disconnects', get: (r) => r.unexpectedCloses, digits: 0 }
   ].filter((row) => row.skip !== true)
@@ -466,7 +466,8 @@ function verdict (row, gw, refs) {
     }
   }
   if (row.absolute !== undefined && Number.isFinite(gw)) {
-    parts.push(`p99 <= ${row.absolute} ms: ${gw <= row.absolute ? 'met' : 'NOT met'}`)
+    const [what, bound, unit] = row.absolute
+    parts.push(`${what === '' ? '' : `${what} `}<= ${bound} ${unit}: ${gw <= bound ? 'met' : 'NOT met'}`)
   }
   return parts.join('; ')
 }
