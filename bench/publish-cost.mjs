@@ -7,14 +7,17 @@
  * alerts go to a user with no session (or to everyone, with nobody
  * connected), so only the publish path is measured, not a delivery.
  *
- *   node bench/publish-cost.mjs [--mode=open|closed] [--target=user|all]
- *     [--systems=ws,nohist,gateway] [--rounds=3] [--count=N] [--rate=R]
+ *   node bench/publish-cost.mjs [--mode=open|closed] [--target=user|all|users]
+ *     [--users=1000] [--systems=ws,nohist,gateway] [--rounds=3] [--count=N] [--rate=R]
  *     [--script=FILE] [--build|--no-build] [--limit-minutes=5] [--out=FILE]
  *
  * - closed: 8 keep-alive connections, each POSTing as soon as the previous
  *   answer came: concurrent requests share event-loop turns and Redis writes.
  * - open: one POST every 1/rate s whatever the answers, as in the single-user
  *   phase of run.mjs: at low rates every request pays its own turns and writes.
+ * - `--target=users`: each POST is one `userIds` alert to `--users` distinct
+ *   users with no session (gateway systems only: the references have no
+ *   userIds); reported per POST and per user.
  *
  * After a warm-up of 3,000 closed-loop POSTs per system, each round measures
  * `count` POSTs on every system, in an order rotated from round to round, so
@@ -38,14 +41,17 @@ const arg = (name, fallback) => process.argv.find((a) => a.startsWith(`--${name}
 const flag = (name) => process.argv.includes(`--${name}`)
 const mode = arg('mode', 'open')
 const target = arg('target', 'user')
-const count = Number(arg('count', mode === 'open' ? 2500 : 10000))
-const rate = Number(arg('rate', 500))
+const users = Number(arg('users', 1000))
+const many = target === 'users'
+const count = Number(arg('count', many ? 100 : mode === 'open' ? 2500 : 10000))
+const rate = Number(arg('rate', many ? 10 : 500))
 const rounds = Number(arg('rounds', 3))
 const limitMinutes = Number(arg('limit-minutes', 5))
-const systems = arg('systems', 'ws,nohist,gateway').split(',')
+const systems = arg('systems', many ? 'nohist,gateway' : 'ws,nohist,gateway').split(',')
 const script = path.resolve(arg('script', GATEWAY_SCRIPT))
 if (!['open', 'closed'].includes(mode)) throw new Error('--mode is open or closed')
-if (!['user', 'all'].includes(target)) throw new Error('--target is user or all')
+if (!['user', 'all', 'users'].includes(target)) throw new Error('--target is user, all or users')
+if (many && systems.includes('ws')) throw new Error('--target=users: the bare ws reference has no userIds')
 const LABELS = { ws: 'ws (bare)', nohist: 'gateway, history off', gateway: 'gateway' }
 for (const s of systems) if (!(s in LABELS)) throw new Error(`unknown system ${s}`)
 
@@ -53,7 +59,11 @@ const log = (line) => process.stderr.write(`[publish-cost] ${line}\n`)
 stopOnExit(limitMinutes, log)
 
 const token = serviceToken()
-const body = JSON.stringify({ target: target === 'all' ? { all: true } : { userId: 'nobody' }, severity: 'info', title: 'bench' })
+const body = JSON.stringify({
+  target: target === 'all' ? { all: true } : many ? { userIds: Array.from({ length: users }, (_, i) => `nobody-${i}`) } : { userId: 'nobody' },
+  severity: 'info',
+  title: 'bench'
+})
 
 const post = (baseUrl, agent) => postAlert(baseUrl, agent, token, body)
 
@@ -97,9 +107,9 @@ try {
   if (systems.some((s) => s !== 'ws')) ensureBuilt(flag('build') ? 'always' : flag('no-build') ? 'never' : 'auto', log)
   const meta = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100), gatewayCommit: gatewayCommit(), mode, target, count, rate, rounds, systems }
   process.stdout.write(`publish-cost ${meta.date}: ${meta.cpus} x ${meta.cpuModel}, node ${meta.node}, load ${meta.loadAverageAtStart.join(' ')}; gateway ${meta.gatewayCommit}\n`)
-  process.stdout.write(`${mode} loop${mode === 'open' ? ` at ${rate}/s` : ', 8 connections'}, ${count} POST /alerts per system and round (target ${target === 'all' ? 'all, nobody connected' : 'a user with no session'}), ${rounds} rounds\n`)
+  process.stdout.write(`${mode} loop${mode === 'open' ? ` at ${rate}/s` : ', 8 connections'}, ${count} POST /alerts per system and round (target ${target === 'all' ? 'all, nobody connected' : many ? `userIds of ${users} users with no session` : 'a user with no session'}), ${rounds} rounds\n`)
   for (const name of systems) started.push(await startSystem(name))
-  for (const system of started) await closedLoop(system, 3000)
+  for (const system of started) await closedLoop(system, many ? 30 : 3000)
   const measured = []
   for (let round = 1; round <= rounds; round++) {
     for (let i = 0; i < started.length; i++) {
@@ -122,11 +132,16 @@ try {
   }
   const f = (v) => Number.isFinite(v) ? v.toFixed(0) : 'n/a'
   const lines = ['| system | server CPU per POST (us) | Redis CPU per POST (us) | POST/s |', '| --- | --- | --- | --- |']
+  if (many) {
+    lines[0] += ' server CPU per user (us) | server + Redis CPU per user (us) |'
+    lines[1] += ' --- | --- |'
+  }
   for (const name of systems) {
     const s = summary[name]
-    lines.push(`| ${LABELS[name]} | ${f(s.serverUs)} (${f(s.serverUsRange[0])}-${f(s.serverUsRange[1])}) | ${f(s.redisUs)} | ${f(s.perSecond)} |`)
+    const perUser = many ? ` ${(s.serverUs / users).toFixed(1)} | ${((s.serverUs + s.redisUs) / users).toFixed(1)} |` : ''
+    lines.push(`| ${LABELS[name]} | ${f(s.serverUs)} (${f(s.serverUsRange[0])}-${f(s.serverUsRange[1])}) | ${f(s.redisUs)} | ${f(s.perSecond)} |${perUser}`)
   }
-  if (summary.gateway !== undefined && summary.nohist !== undefined) {
+  if (summary.gateway !== undefined && summary.nohist !== undefined && !many) {
     const paired = (pick) => median(of('gateway').map((g) => pick(g) - pick(of('nohist').find((n) => n.round === g.round))))
     summary.historyCost = { serverUs: paired((r) => r.serverUs), redisUs: paired((r) => r.redisUs) }
     const { serverUs, redisUs } = summary.historyCost

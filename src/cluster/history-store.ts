@@ -59,6 +59,11 @@ export interface HistoryStore {
    */
   append (owner: StreamOwner, head: string, tail: string, record?: AppendRecord): Promise<AppendResult>
   /**
+   * The same alert appended to each user's stream (as append() does, in as
+   * few steps as the store can); the results in the order of `userIds`.
+   */
+  appendMany (userIds: string[], head: string, tail: string): Promise<AppendResult[]>
+  /**
    * The stream's epoch and top, and with `from`: the newest entries (at most
    * the configured maximum, none older than the retention) after `from` when
    * `from` is of the current epoch, or after the start of the epoch when not.

@@ -47,6 +47,10 @@ export class MemoryHistoryStore implements HistoryStore {
     return { epoch: this.#epoch, seq, receivers: 0 }
   }
 
+  async appendMany (userIds: string[], head: string, tail: string): Promise<AppendResult[]> {
+    return await Promise.all(userIds.map((userId) => this.append(userId, head, tail)))
+  }
+
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
     const now = Date.now()
     const stream = this.#stream(owner, now)

@@ -1,5 +1,6 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis'
 import type { RedisTarget } from '../../config/index.js'
+import { APPEND_MANY_COMMAND } from './redis-history-store.js'
 
 export interface RedisConnections {
   /** Commands (stores, limits, publish); auto-pipelined. */
@@ -37,8 +38,9 @@ export function createRedisConnections (target: RedisTarget | string, commandTim
       enableAutoPipelining: true,
       // ioredis auto-pipelines SSUBSCRIBE like any command: a batch of them
       // then goes out on a node's command connection instead of its sharded
-      // subscriber, and the messages of those channels never reach us.
-      autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe'],
+      // subscriber, and the messages of those channels never reach us. For
+      // APPEND_MANY_COMMAND, see there.
+      autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe', APPEND_MANY_COMMAND],
       shardedSubscribers: true,
       maxRedirections: 16,
       clusterRetryStrategy: (times) => Math.min(100 * times, 1000),

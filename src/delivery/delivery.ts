@@ -188,13 +188,20 @@ export class Delivery {
     }
     if ('userId' in target) {
       this.#metrics.published('user')
-      return await this.#toUser(target.userId, alert, this.#history === null ? encodeFrame(alert) : null, record?.('user'))
+      return await this.#toUser(target.userId, alert, record?.('user'))
     }
     this.#metrics.published('users')
-    const frame = this.#history === null ? encodeFrame(alert) : null
-    const results = await Promise.all(target.userIds.map((userId) => this.#toUser(userId, alert, frame)))
     let delivered = 0
-    for (const result of results) delivered += result.delivered
+    if (this.#history === null) {
+      const frame = encodeFrame(alert)
+      for (const sent of await Promise.all(target.userIds.map((userId) => this.sendToUser(userId, frame)))) delivered += sent
+      return { delivered }
+    }
+    // One append per batch of users (see HistoryStore.appendMany), the frame encoded once.
+    const { userIds } = target
+    const local = userIds.map((userId) => this.#sessions.writableOf(userId))
+    const appended = await this.#history.appendMany(userIds, ...this.#parts(alert, 'user'))
+    for (const [i, { receivers, others }] of appended.entries()) delivered += local[i] + this.#remoteOf(userIds[i], receivers, others)
     return { delivered }
   }
 
@@ -202,12 +209,16 @@ export class Delivery {
    * To the user's stream; `delivered` counts the sessions here plus the
    * user's connections on the other instances following the user.
    */
-  async #toUser (userId: string, alert: Alert, frame: Buffer | null, record?: AppendRecord): Promise<PublishResult> {
-    if (frame !== null) return { delivered: await this.sendToUser(userId, frame) }
-    const watchedHere = this.#watched.has(userId) ? 1 : 0
+  async #toUser (userId: string, alert: Alert, record?: AppendRecord): Promise<PublishResult> {
+    if (this.#history === null) return { delivered: await this.sendToUser(userId, encodeFrame(alert)) }
     const local = this.#sessions.writableOf(userId)
-    const { epoch, seq, receivers, others } = await (this.#history as HistoryStore).append(userId, ...this.#parts(alert, 'user'), record)
-    return { delivered: local + this.#remote(receivers - watchedHere, others), stream: 'user', pos: formatPosition(epoch, seq) }
+    const { epoch, seq, receivers, others } = await this.#history.append(userId, ...this.#parts(alert, 'user'), record)
+    return { delivered: local + this.#remoteOf(userId, receivers, others), stream: 'user', pos: formatPosition(epoch, seq) }
+  }
+
+  /** The user's connections elsewhere after an append that reached `receivers` instances. */
+  #remoteOf (userId: string, receivers: number, others: number | undefined): number {
+    return this.#remote(receivers - (this.#watched.has(userId) ? 1 : 0), others)
   }
 
   /** The alert's frame around its position: `head + pos + tail`. */

@@ -5,6 +5,7 @@ import { ALL_TOPIC, userTopic } from '../../../src/cluster/broker.js'
 import { historyMessage, readHistoryMessage, type HistoryLimits, type HistoryStore, type StreamOwner } from '../../../src/cluster/history-store.js'
 import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
 import { RedisHistoryStore } from '../../../src/cluster/redis-history-store.js'
+import calculateSlot from 'cluster-key-slot'
 import { RedisServer } from '../../helpers/redis-server.js'
 import { waitUntil } from '../../helpers/timeout.js'
 
@@ -127,6 +128,26 @@ function storeSuite (t: Test, name: BusName, make: MakeBus): void {
     t.equal(all.top, 3)
   })
 
+  t.test(`${name}: one alert to many users appends to each user's stream, as append does, results in their order`, async (t) => {
+    const bus = await make(t, LIMITS)
+    await append(bus, 'u-7', 'before')
+    // More users than one Redis script takes (100).
+    const users = Array.from({ length: 250 }, (_, i) => `u-${i}`)
+    const results = await bus.store.appendMany(users, HEAD('many'), TAIL)
+    t.equal(results.length, users.length)
+    t.same(results.map((r) => r.seq), users.map((u) => u === 'u-7' ? 2 : 1), 'each stream counts on from its own top')
+    await handedCount(bus, users.length + 1)
+    const byTopic = new Map(bus.handed.slice(1).map((h) => [h.topic, readHistoryMessage(h.message)]))
+    t.equal(byTopic.size, users.length, 'handed once to each user\'s topic')
+    for (const i of [0, 7, 99, 100, 249]) {
+      const { epoch, seq } = results[i]
+      const frame = `${HEAD('many')}${epoch}:${seq}${TAIL}`
+      t.same(byTopic.get(topicOf(users[i])), { pos: `${epoch}:${seq}`, frame: Buffer.from(frame) }, `${users[i]}: handed as written`)
+      t.same((await bus.store.read(users[i], { epoch, seq: seq - 1 })).entries.map((e) => e.frame.toString()), [frame], `${users[i]}: in its history`)
+    }
+    t.same(await bus.store.appendMany([], HEAD('none'), TAIL), [], 'no user: nothing')
+  })
+
   t.test(`${name}: a stream never written is given an epoch on read, and appends continue it`, async (t) => {
     const bus = await make(t, LIMITS)
     const head = await bus.store.read('new', null)
@@ -220,6 +241,26 @@ t.test('redis', async (t) => {
     const next = await append(bus, 'ann', 'u3')
     t.not(next.pos.epoch, first.pos.epoch)
     t.same(await seqsAfter(bus, 'ann', { epoch: next.pos.epoch, seq: 0 }), [1], 'only the new epoch\'s entry')
+  })
+
+  t.test('redis: sharded (Cluster), one alert to many users runs one script per slot, at most 100 users each', async (t) => {
+    const command = new Redis(server.url)
+    t.teardown(() => { command.disconnect() })
+    const prefix = 'sh:'
+    const store = new RedisHistoryStore({ redis: command, prefix, limits: LIMITS, channelOf: (topic) => `${prefix}${topic}`, origin: ORIGIN, topicOf, publishCommand: 'SPUBLISH' })
+    // 101 users whose keys share one slot, then two of other slots.
+    const slot = calculateSlot(`${prefix}hist:{s-0}`)
+    const users: string[] = []
+    for (let n = 0; users.length < 101; n++) if (calculateSlot(`${prefix}hist:{s-${n}}`) === slot) users.push(`s-${n}`)
+    for (let n = 0; users.length < 103; n++) if (calculateSlot(`${prefix}hist:{o-${n}}`) !== slot) users.push(`o-${n}`)
+    const scripts = async (): Promise<number> => Number(/cmdstat_evalsha:calls=(\d+)/.exec(await command.info('commandstats'))?.[1] ?? 0)
+    await store.appendMany(['warm-up'], HEAD('sharded'), TAIL)
+    const before = await scripts()
+    const results = await store.appendMany(users, HEAD('sharded'), TAIL)
+    t.equal(await scripts() - before, 4, 'the slot\'s 101 users in two scripts (100 + 1), the two others in one each')
+    t.same(results.map((r) => r.seq), users.map(() => 1))
+    t.same(results.map((r) => r.others), users.map(() => undefined), 'no connection counts without them')
+    for (const i of [0, 100, 102]) t.same((await store.read(users[i], { epoch: results[i].epoch, seq: 0 })).entries.map((e) => e.seq), [1], `${users[i]}: in its history`)
   })
 })
 

@@ -48,6 +48,10 @@ class HeldHistory implements HistoryStore {
     return this.#inner.append(owner, head, tail)
   }
 
+  appendMany (userIds: string[], head: string, tail: string): Promise<AppendResult[]> {
+    return this.#inner.appendMany(userIds, head, tail)
+  }
+
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
     if (this.#toHold === 0) return await this.#inner.read(owner, from)
     this.#toHold--
