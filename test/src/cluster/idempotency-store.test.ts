@@ -1,9 +1,25 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { ABANDONED_AFTER_MS, MemoryIdempotencyStore, PENDING_TTL_MS, RedisIdempotencyStore } from '../../../src/cluster/idempotency-store.js'
 import { RedisHistoryStore } from '../../../src/cluster/redis-history-store.js'
 import { ALL_TOPIC, userTopic } from '../../../src/cluster/broker.js'
 import { RedisServer } from '../../helpers/redis-server.js'
+
+/** A private Redis with a history and idempotency store over it, under `prefix`. */
+async function storesOn (t: Test, prefix: string): Promise<{ client: Redis, history: RedisHistoryStore, store: RedisIdempotencyStore }> {
+  const redis = await RedisServer.start(t)
+  const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  t.teardown(() => { client.disconnect() })
+  const history = new RedisHistoryStore({
+    redis: client,
+    prefix,
+    limits: { maxEntries: 600, retentionMs: 60_000 },
+    channelOf: (topic) => `${prefix}${topic}`,
+    origin: Buffer.from('****************'),
+    topicOf: (owner) => owner === null ? ALL_TOPIC : userTopic(owner)
+  })
+  return { client, history, store: new RedisIdempotencyStore(client, prefix, 60_000, history.findRecord.bind(history)) }
+}
 
 t.test('a key is taken once, answered, and a repeat reads the answer or the conflict', async (t) => {
   const redis = await RedisServer.start(t)
@@ -27,18 +43,7 @@ t.test('a key is taken once, answered, and a repeat reads the answer or the conf
 // was answered 503, the key freed nothing (Redis down), and the retry
 // published a second alert once the pending mark expired.
 t.test('the append stores the idempotency answer in its own step', async (t) => {
-  const redis = await RedisServer.start(t)
-  const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
-  t.teardown(() => { client.disconnect() })
-  const history = new RedisHistoryStore({
-    redis: client,
-    prefix: 'rec:',
-    limits: { maxEntries: 600, retentionMs: 60_000 },
-    channelOf: (topic) => `rec:${topic}`,
-    origin: Buffer.from('****************'),
-    topicOf: (owner) => owner === null ? ALL_TOPIC : userTopic(owner)
-  })
-  const idempotency = new RedisIdempotencyStore(client, 'rec:', 60_000, history.findRecord.bind(history))
+  const { client, history, store: idempotency } = await storesOn(t, 'rec:')
   const head = (id: string, stream: string) => `{"id":"${id}","delivered":0,"stream":"${stream}","pos":"`
   t.same(await idempotency.begin('svc', 'k', 'fp', 'ann'), { state: 'new' })
   const { epoch, seq } = await history.append('ann', '{"type":"alert","id":"x","pos":"', '"}', idempotency.record('svc', 'k', 'fp', head('x', 'user')))
@@ -96,18 +101,7 @@ t.test('a key that expires between taking and reading it is taken again', async 
 // lost, its key left pending because Redis did not answer the abandon) made
 // every retry wait out the 30 s mark, past the publisher's own deadline.
 t.test('a key pending past ABANDONED_AFTER_MS whose append is not in its stream is taken over by a retry', async (t) => {
-  const redis = await RedisServer.start(t)
-  const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
-  t.teardown(() => { client.disconnect() })
-  const history = new RedisHistoryStore({
-    redis: client,
-    prefix: 'ab:',
-    limits: { maxEntries: 100, retentionMs: 60_000 },
-    channelOf: (topic) => `ab:${topic}`,
-    origin: Buffer.from('****************'),
-    topicOf: (owner) => owner === null ? ALL_TOPIC : userTopic(owner)
-  })
-  const store = new RedisIdempotencyStore(client, 'ab:', 60_000, history.findRecord.bind(history))
+  const { client, history, store } = await storesOn(t, 'ab:')
   const pendingFor = async (key: string, ageMs: number): Promise<void> => {
     await client.set(`ab:idem:{svc}:${key}`, 'Pfp', 'PX', PENDING_TTL_MS - ageMs)
   }
