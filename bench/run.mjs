@@ -12,7 +12,8 @@
  * --connections=N --instances=K --workers=W --broadcasts=N --single-rate=R
  * --single-seconds=S --heartbeat-ms=MS --idle-ms=MS --stage=NAME
  * --gateway-runtime=dist|ts  --gateway-script=FILE (another compiled build,
- * for A/B runs)  --build (force tsc) --no-build
+ * for A/B runs)  --gateway-node-args="--flag=v ..." (node flags of the gateway's
+ * processes only)  --build (force tsc) --no-build
  * --prof=DIR (CPU profiles of every server)  --heap-snapshot=DIR (one
  * instance of each system, connections held)  --out=FILE (results JSON).
  *
@@ -132,6 +133,8 @@ function parseArgs (argv) {
     else if (key === 'no-build') opts.build = 'never'
     else if (key === 'gateway-runtime') opts.gatewayRuntime = value
     else if (key === 'gateway-script') opts.gatewayScript = path.resolve(value)
+    // Everything after the first '=': the flags themselves hold '='.
+    else if (key === 'gateway-node-args') opts.gatewayNodeArgs = arg.slice(arg.indexOf('=') + 1).split(' ').filter(Boolean)
     else if (key === 'systems') opts.systems = value.split(',')
     else if (key === 'prof') opts.prof = path.resolve(value)
     else if (key === 'heap-snapshot') opts.heapSnapshot = path.resolve(value)
@@ -188,7 +191,7 @@ function serverSpec (system, opts, stage, port, redisUrl, profDir) {
     return { name, script: path.join(ROOT, 'src/server.ts'), nodeArgs: [...nodeArgs, '--import=@tapjs/typescript/import'], env: { ...env, TS_NODE_TRANSPILE_ONLY: '1' }, graceMs: 8000 }
   }
   const script = opts.gatewayScript ?? GATEWAY_SCRIPT
-  return { name, script, nodeArgs, env, graceMs: profDir === undefined ? 3000 : 10000 }
+  return { name, script, nodeArgs: [...nodeArgs, ...opts.gatewayNodeArgs ?? []], env, graceMs: profDir === undefined ? 3000 : 10000 }
 }
 
 // ---------------------------------------------------------------- measuring
