@@ -189,14 +189,16 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     return { id: `${scope}\n${key}`, value: `${DONE}${fingerprint}\n${answerHead}` }
   }
 
-  /**
-   * The answer an append of the last PENDING_TTL_MS stored for the key,
-   * which then becomes the key's answer for the window.
-   */
+  /** See SWAP. */
   async #swap (id: string, expected: string, value: string, ttlMs: number): Promise<boolean> {
     return await (this.#redis as Redis & SwapCommand).gwIdempotencySwap(id, expected, value, ttlMs) === 1
   }
 
+  /**
+   * The answer an append of the last PENDING_TTL_MS stored for the key,
+   * which then becomes the key's answer for the window. (A repeat that
+   * finds it before the first request completed gets `delivered` 0.)
+   */
   async #stored (scope: string, key: string, owner: StreamOwner | undefined): Promise<KeyState | undefined> {
     if (owner === undefined || this.#lookup === undefined) return undefined
     const answer = await this.#lookup(owner, `${scope}\n${key}`, Date.now() - PENDING_TTL_MS - CLOCK_SKEW_MS)
