@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { RevocationStore } from './revocation-store.js'
+import type { RedisRevocationStore, RevocationStore } from './revocation-store.js'
 import { taggedKey } from './user-key.js'
 
 /** Generations outlive any session; refreshed at every claim. */
@@ -7,11 +7,6 @@ const GENERATION_TTL_SEC = 30 * 24 * 3600
 /** Connection counts outlive any instance that forgot to lower them by a day at most. */
 const HELD_TTL_SEC = 24 * 3600
 
-/**
- * Cluster-wide, strictly increasing connection generations per user, and
- * how many of the user's connections each instance holds (what `delivered`
- * counts on the other instances).
- */
 /** What a claim reads in its one step. */
 export interface ClaimRead {
   /** The user's next generation, cluster-wide. */
@@ -20,13 +15,18 @@ export interface ClaimRead {
   revokedBefore: number | null
 }
 
+/**
+ * Cluster-wide, strictly increasing connection generations per user, and
+ * how many of the user's connections each instance holds (what `delivered`
+ * counts on the other instances).
+ */
 export interface ClaimStore {
   /**
    * Takes the next generation, counts one more connection of the user held
    * here, and reads the user's revocation, in one step.
    */
   claim (userId: string): Promise<ClaimRead>
-  /** One connection of the user fewer here (after nextGeneration, once). */
+  /** One connection of the user fewer here (after claim(), once). */
   released (userId: string): void
   /** Connections of the user held by the other instances. */
   othersHolding (userId: string): Promise<number>
@@ -105,15 +105,15 @@ interface HeldCommands {
 export class RedisClaimStore implements ClaimStore {
   readonly #generation: (userId: string) => string
   readonly #held: (userId: string) => string
-  /** RedisRevocationStore's key, read in the claim's step. */
+  /** The revocation store's key of a user, read in the claim's step. */
   readonly #revoked: (userId: string) => string
   readonly #redis: Redis & HeldCommands
   readonly #instanceId: string
 
-  constructor (redis: Redis, prefix: string, instanceId = '') {
+  constructor (redis: Redis, prefix: string, revocations: RedisRevocationStore, instanceId = '') {
     this.#generation = taggedKey(prefix, 'gen')
     this.#held = taggedKey(prefix, 'held')
-    this.#revoked = taggedKey(prefix, 'revoked')
+    this.#revoked = revocations.keyOf
     if ((redis as Partial<HeldCommands>).gwHeldRelease === undefined) {
       redis.defineCommand('gwClaim', { numberOfKeys: 3, lua: CLAIM })
       redis.defineCommand('gwHeldRelease', { numberOfKeys: 1, lua: RELEASE })

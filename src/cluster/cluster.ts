@@ -83,7 +83,8 @@ export function createCluster (opts: ClusterOptions): Cluster {
     }
   }
   const connections = createRedisConnections(target, opts.commandTimeoutMs)
-  const claims = new RedisClaimStore(connections.command, opts.prefix, opts.instanceId)
+  const revocations = new RedisRevocationStore(connections.command, opts.prefix)
+  const claims = new RedisClaimStore(connections.command, opts.prefix, revocations, opts.instanceId)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log, probeIntervalMs: opts.probeIntervalMs })
   const history = opts.history.maxEntries === 0
     ? null
@@ -100,7 +101,7 @@ export function createCluster (opts: ClusterOptions): Cluster {
   return {
     broker,
     claims,
-    revocations: new RedisRevocationStore(connections.command, opts.prefix),
+    revocations,
     history,
     idempotency: new RedisIdempotencyStore(connections.command, opts.prefix, opts.idempotencyWindowMs, history?.findRecord.bind(history)),
     sessionCounts: new RedisSessionCounts(connections.command, opts.prefix, opts.instanceId, SESSION_COUNT_PERIOD_MS),

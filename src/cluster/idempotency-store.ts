@@ -162,12 +162,12 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     const id = this.#key(scope, key)
     for (;;) {
       if (await this.#redis.set(id, PENDING + fingerprint, 'PX', PENDING_TTL_MS, 'NX') === 'OK') return { state: 'new' }
-      const [value, ttl] = await Promise.all([this.#redis.get(id), this.#redis.pttl(id)])
+      const value = await this.#redis.get(id)
       // Expired between the commands: try to take it again.
       if (value === null) continue
       const known = decode(value)
       if (known.state === 'done' || owner === undefined || this.#lookup === undefined) return known
-      const stored = await this.#stored(scope, key, owner)
+      const [stored, ttl] = await Promise.all([this.#stored(scope, key, owner), this.#redis.pttl(id)])
       if (stored !== undefined) return stored
       // Not appended: in progress, or abandoned by a request that failed.
       if (known.fingerprint !== fingerprint || PENDING_TTL_MS - ttl < ABANDONED_AFTER_MS) return known

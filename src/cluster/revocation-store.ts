@@ -42,6 +42,11 @@ export class RedisRevocationStore implements RevocationStore {
     this.#key = new UserKey(redis, prefix, 'revoked')
   }
 
+  /** The user's revocation key (the claim script reads it in its step). */
+  get keyOf (): (userId: string) => string {
+    return this.#key.of
+  }
+
   async revoke (userId: string, before: number, ttlSec: number): Promise<void> {
     await this.#key.redis.set(this.#key.of(userId), String(before), 'EX', ttlSec)
   }

@@ -1,10 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { freePort } from './free-port.js'
+import { killRedis, spawnRedis, type RedisProcess } from './redis-process.js'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
@@ -27,7 +26,7 @@ export class RedisServer {
   readonly port: number
   /** The data directory when persistent, else null. */
   readonly dir: string | null
-  #child: ChildProcess | null = null
+  #process: RedisProcess | null = null
 
   private constructor (port: number, dir: string | null) {
     this.port = port
@@ -54,40 +53,17 @@ export class RedisServer {
     const storage = this.dir === null
       ? ['--appendonly', 'no']
       : ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', this.dir]
-    const child = spawn('redis-server', [
+    this.#process = await spawnRedis(this.port, [
       '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', ...storage,
       '--protected-mode', 'no', '--loglevel', 'notice'
-    ], { stdio: ['ignore', 'pipe', 'pipe'] })
-    this.#child = child
-    // Never outlive the test process, even when it ends without teardown
-    // (a tap timeout): a leftover server would hold its port and memory.
-    const reap = (): void => { child.kill('SIGKILL') }
-    process.once('exit', reap)
-    child.once('exit', () => process.removeListener('exit', reap))
-    let output = ''
-    await new Promise<void>((resolve, reject) => {
-      const onData = (chunk: Buffer): void => {
-        output += chunk.toString()
-        if (output.includes('Ready to accept connections')) resolve()
-      }
-      child.stdout?.on('data', onData)
-      child.stderr?.on('data', onData)
-      child.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output}`)))
-      child.once('error', reject)
-    })
-    // Keep draining output so the pipe never fills.
-    child.stdout?.resume()
-    child.stderr?.resume()
+    ], this.dir ?? tmpdir())
   }
 
   /** Kills the server (SIGKILL: an outage, not a clean shutdown). */
   async stop (): Promise<void> {
-    const child = this.#child
-    this.#child = null
-    if (child === null || child.exitCode !== null || child.signalCode !== null) return
-    const exited = once(child, 'exit')
-    child.kill('SIGKILL')
-    await exited
+    const running = this.#process
+    this.#process = null
+    if (running !== null) await killRedis(running)
   }
 
   /**

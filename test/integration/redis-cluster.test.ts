@@ -251,14 +251,13 @@ function oneProbePerMaster (channels: Map<number, string[]>): boolean {
 
 t.test('a master whose pub/sub stalls, whichever it is: every instance reports the bus down within 3 probe intervals, then recovers by itself', async (t) => {
   let channels = await probeChannels()
-  await waitUntil(async () => oneProbePerMaster(channels = await probeChannels()), 5000, 'a probe channel of each instance on each master')
-  t.pass(`probe channels: ${JSON.stringify([...channels])}`)
+  const spread = async (): Promise<boolean> => await waitUntil(async () => oneProbePerMaster(channels = await probeChannels()), 5000, 'one probe channel of each instance on each master').then(() => true, () => false)
+  t.ok(await spread(), `a probe channel of each instance on each master: ${JSON.stringify([...channels])}`)
   // A slot move puts two of an instance's probe channels on one master and none on another: rearranged.
   const [from, [moved]] = [...channels][0]
   const to = masters.find((m) => m !== from) as number
   await cluster.moveSlot(slotOf(moved), to)
-  await waitUntil(async () => oneProbePerMaster(channels = await probeChannels()), 5000, 'one probe channel of each instance on each master again')
-  t.pass(`after ${moved} moved ${from} -> ${to}: ${JSON.stringify([...channels])}`)
+  t.ok(await spread(), `one per instance on each master again after ${moved} moved ${from} -> ${to}: ${JSON.stringify([...channels])}`)
   for (const stalled of masters) {
     const failures = await Promise.all(instances.map((i) => metricValue(i.url, 'ws_bus_probe_failures_total')))
     const admin = await cluster.admin(stalled)
