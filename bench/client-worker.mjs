@@ -7,14 +7,12 @@
  * (open packet, CONNECT with `auth`, ping/pong, EVENT), so no system pays
  * for a heavier client library than the others.
  */
-import { performance } from 'node:perf_hooks'
+import { now, wallNow } from './lib/clock.mjs'
 import WebSocket from 'ws'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
 import { inLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
-
-const now = () => performance.timeOrigin + performance.now()
 
 const TS_KEY = Buffer.from('"ts":')
 const SCHED_KEY = Buffer.from('"bench_s":')
@@ -53,7 +51,8 @@ function onAlert (buf) {
   if (firstRecvAt === 0) firstRecvAt = t
   lastRecvAt = t
   const ts = numberAfter(buf, TS_KEY)
-  if (ts > 0) latencyTs.record(t - ts)
+  // `ts` is the server's wall clock, `bench_s` the publisher's monotonic one.
+  if (ts > 0) latencyTs.record(wallNow() - ts)
   const sched = numberAfter(buf, SCHED_KEY)
   if (sched > 0) latencySched.record(t - sched)
   if (waiter !== null && received >= waiter.count) {

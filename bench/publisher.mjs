@@ -11,11 +11,10 @@
  *   omission).
  */
 import http from 'node:http'
-import { performance } from 'node:perf_hooks'
+import { now } from './lib/clock.mjs'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
 
-const now = () => performance.timeOrigin + performance.now()
 const agents = new Map()
 
 function agentFor (url) {
@@ -84,13 +83,18 @@ function random (seed) {
   }
 }
 
-async function single ({ urls, token, rate, seconds, users, userBase = 0, seed }) {
+/**
+ * `track`: also answer the numbers of the alerts answered 202, so the
+ * caller can count the accepted alerts no client received.
+ */
+async function single ({ urls, token, rate, seconds, users, userBase = 0, seed, track = false }) {
   const total = Math.round(rate * seconds)
   const period = 1000 / rate
   const pick = random(seed ?? 1)
   const statuses = {}
   const lateness = new Histogram()
   const inFlight = new Set()
+  const accepted = []
   const start = now() + 20
   let k = 0
   await new Promise((resolve) => {
@@ -100,10 +104,12 @@ async function single ({ urls, token, rate, seconds, users, userBase = 0, seed }
         const due = start + k * period
         lateness.record(t - due)
         const userId = `u${userBase + Math.floor(pick() * users)}`
+        const n = k
         const sent = post(urls[k % urls.length], token, {
-          target: { userId }, severity: 'warning', title: 'bench single', data: { bench_s: due, n: k }
+          target: { userId }, severity: 'warning', title: 'bench single', data: { bench_s: due, n }
         }).then((status) => {
           tally(statuses, status)
+          if (track && status === '202') accepted.push(n)
           inFlight.delete(sent)
         })
         inFlight.add(sent)
@@ -116,7 +122,7 @@ async function single ({ urls, token, rate, seconds, users, userBase = 0, seed }
   })
   const sentAt = now()
   await Promise.all(inFlight)
-  return { sent: total, durationMs: sentAt - start, lastAckAt: now(), statuses, lateness: lateness.toJSON() }
+  return { sent: total, durationMs: sentAt - start, lastAckAt: now(), statuses, lateness: lateness.toJSON(), ...(track ? { accepted } : {}) }
 }
 
 serve({ broadcast, single })

@@ -33,7 +33,7 @@ import http from 'node:http'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { performance } from 'node:perf_hooks'
+import { now } from './lib/clock.mjs'
 import { fileURLToPath } from 'node:url'
 import { Histogram } from './lib/histogram.mjs'
 import { forkWorker } from './lib/ipc.mjs'
@@ -64,7 +64,6 @@ if (clients / workerCount > PER_WORKER) throw new Error(`at most ${PER_WORKER} c
 if (missed > 300) throw new Error('--missed above HISTORY_MAX_ENTRIES (300) is a gap, not a resume')
 
 const log = (line) => process.stderr.write(`[resume-cost] ${line}\n`)
-const now = () => performance.timeOrigin + performance.now()
 
 const { children, killAll } = stopOnExit(limitMinutes, log)
 

@@ -8,14 +8,12 @@
  * after its replayed alerts. The frames are parsed (this is the client's
  * CPU, not the server's).
  */
-import { performance } from 'node:perf_hooks'
+import { now } from './lib/clock.mjs'
 import WebSocket from 'ws'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
 import { inLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
-
-const now = () => performance.timeOrigin + performance.now()
 
 /** Open sockets, for close(). */
 const sockets = new Set()

@@ -24,7 +24,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { performance } from 'node:perf_hooks'
+import { now } from './lib/clock.mjs'
 import { fileURLToPath } from 'node:url'
 import { Histogram } from './lib/histogram.mjs'
 import { forkWorker } from './lib/ipc.mjs'
@@ -33,7 +33,6 @@ import { freePort, sleep, spawned, startRedis, startServer } from './lib/process
 import { serviceToken } from './lib/tokens.mjs'
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url))
-const now = () => performance.timeOrigin + performance.now()
 
 /**
  * The systems a run can measure, in table order. `nohist` is the gateway
@@ -72,12 +71,18 @@ const STAGE_DEFAULTS = {
   singleRate: 500,
   singleSeconds: 5,
   drainMs: 30000,
-  connectTimeoutMs: 30000
+  connectTimeoutMs: 30000,
+  /** Reconnect-storm stages (`storm: true`): SIGTERM one instance this long into the publishing. */
+  stormAfterMs: 3000,
+  /** ...which lasts this long in all (single-user alerts at `singleRate`). */
+  stormSeconds: 20,
+  /** Moved clients not resumed by then count as not resumed. */
+  stormDeadlineMs: 60000
 }
 
 const PROFILES = {
   smoke: {
-    limitMinutes: 2,
+    limitMinutes: 3,
     stages: [{
       name: 'smoke',
       connections: 200,
@@ -93,12 +98,23 @@ const PROFILES = {
       singleRate: 100,
       singleSeconds: 0.5,
       drainMs: 5000
+    }, {
+      name: 'storm',
+      storm: true,
+      connections: 200,
+      workers: 1,
+      concurrency: 50,
+      singleRate: 100,
+      stormAfterMs: 1000,
+      stormSeconds: 3,
+      stormDeadlineMs: 20000,
+      drainMs: 5000
     }]
   },
   quick: {
-    // ~2 min on an idle box with four systems; 4 min at load 8-13.
-    limitMinutes: 8,
-    stages: [{ name: 'quick' }]
+    // ~3 min on an idle box with four systems; 5 min at load 8-13.
+    limitMinutes: 10,
+    stages: [{ name: 'quick' }, { name: 'storm', storm: true, singleRate: 1000 }]
   },
   full: {
     limitMinutes: 60,
@@ -119,6 +135,18 @@ const PROFILES = {
         connectTimeoutMs: 60000,
         // No broadcasts here: the history A/B is measured in the fan-out stage.
         skipSystems: ['nohist']
+      },
+      {
+        name: 'storm-100k',
+        storm: true,
+        instances: 6,
+        connections: 100000,
+        workers: 7,
+        heartbeatMs: 30000,
+        singleRate: 1000,
+        stormAfterMs: 5000,
+        stormSeconds: 40,
+        connectTimeoutMs: 60000
       }
     ]
   }
@@ -222,6 +250,21 @@ function plan (stage, stageIndex, systemIndex) {
   return { workers, addressCount, shares }
 }
 
+/** The stage's instances of `system`, each ready, on free ports. */
+async function startInstances (system, stage, opts, redisUrl) {
+  const ports = await Promise.all(Array.from({ length: stage.instances }, () => freePort()))
+  return Promise.all(ports.map((port) => startServer({ ...serverSpec(system, opts, stage, port, redisUrl, opts.prof), port, cwd: ROOT })))
+}
+
+/** Ends a system's run: clients closed, then every process it started. */
+async function stopAll (workers, publisher, servers, redis) {
+  await Promise.allSettled(workers.map((w) => w.rpc.call({ cmd: 'close' }, 30000)))
+  for (const w of workers) w.child.kill('SIGKILL')
+  publisher?.child.kill('SIGKILL')
+  await Promise.allSettled(servers.map((s) => s.stop()))
+  await redis.stop()
+}
+
 /** Measures one system through every phase of the stage, filling `result` as it goes. */
 async function runSystem (result, stage, stageIndex, systemIndex, opts) {
   const { system } = result
@@ -231,11 +274,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
   const workers = []
   let publisher = null
   try {
-    const ports = await Promise.all(Array.from({ length: stage.instances }, () => freePort()))
-    servers = await Promise.all(ports.map((port) => {
-      const spec = serverSpec(system, opts, stage, port, redis.url, opts.prof)
-      return startServer({ ...spec, port, cwd: ROOT })
-    }))
+    servers = await startInstances(system, stage, opts, redis.url)
     const urls = servers.map((s) => s.baseUrl)
     say(`${servers.length} instances ready`)
 
@@ -404,11 +443,126 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
     if (result.unexpectedCloses > 0) say(`unexpected closes by code: ${JSON.stringify(result.unexpectedCloseCodes)}`)
     result.serversAlive = servers.every((s) => s.alive())
   } finally {
-    await Promise.allSettled(workers.map((w) => w.rpc.call({ cmd: 'close' }, 30000)))
-    for (const w of workers) w.child.kill('SIGKILL')
-    publisher?.child.kill('SIGKILL')
-    await Promise.allSettled(servers.map((s) => s.stop()))
-    await redis.stop()
+    await stopAll(workers, publisher, servers, redis)
+  }
+}
+
+/**
+ * A deploy's reconnect storm, the gateway only: every connection through the
+ * SDK (storm-worker.mjs), single-user alerts published in open loop to the
+ * instances that stay, then one instance leaves the rotation and gets
+ * SIGTERM. Measured: how long until each of its clients is connected and
+ * resumed elsewhere, alerts lost (accepted, never received), and the
+ * latency of the clients that did not move while the others come back.
+ */
+async function runStorm (result, stage, stageIndex, systemIndex, opts) {
+  const say = (...parts) => log(`${stage.name} gateway:`, ...parts)
+  const redis = await startRedis()
+  let servers = []
+  const workers = []
+  let publisher = null
+  try {
+    servers = await startInstances('gateway', stage, opts, redis.url)
+    const urls = servers.map((s) => s.baseUrl)
+    say(`${servers.length} instances ready`)
+
+    const layout = plan(stage, stageIndex, systemIndex)
+    const sdk = opts.gatewayRuntime === 'ts' ? path.join(ROOT, 'client/index.ts') : path.join(path.dirname(path.dirname(opts.gatewayScript ?? GATEWAY_SCRIPT)), 'client/index.js')
+    const execArgv = opts.gatewayRuntime === 'ts' ? ['--import=@tapjs/typescript/import'] : []
+    const env = { ...baseEnv(), STORM_SDK: sdk, ...(opts.gatewayRuntime === 'ts' ? { TS_NODE_TRANSPILE_ONLY: '1' } : {}) }
+    for (let w = 0; w < layout.workers; w++) {
+      const worker = forkWorker(path.join(BENCH, 'storm-worker.mjs'), [], env, execArgv)
+      track(worker.child)
+      workers.push(worker)
+    }
+    publisher = forkWorker(path.join(BENCH, 'publisher.mjs'), [], baseEnv())
+    track(publisher.child)
+    const callAll = (message, timeoutMs) => Promise.all(workers.map((w) => w.rpc.call(message, timeoutMs)))
+
+    const started = now()
+    const connects = await Promise.all(workers.map((w, k) => w.rpc.call({
+      cmd: 'connect', urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+    }, 30 * 60000)))
+    const connected = sum(connects, (c) => c.ok)
+    result.connect = { attempted: stage.connections, connected, seconds: (now() - started) / 1000, errors: Object.assign({}, ...connects.map((c) => c.errors)) }
+    say(`${connected}/${stage.connections} connected through the SDK in ${result.connect.seconds.toFixed(1)} s`)
+    if (connected !== stage.connections) throw new Error(`only ${connected} of ${stage.connections} connected: ${JSON.stringify(result.connect.errors)}`)
+
+    // The last instance leaves; the publisher posts to the others throughout,
+    // as a load balancer would route the backends' requests.
+    const victim = servers.length - 1
+    const stay = urls.filter((_, k) => k !== victim)
+    const publishing = publisher.rpc.call({
+      cmd: 'single', urls: stay, token: serviceToken(), rate: stage.singleRate, seconds: stage.stormSeconds, users: stage.connections, seed: 99, track: true
+    }, (stage.stormSeconds + 120) * 1000)
+    await sleep(stage.stormAfterMs)
+    const before = await statsAll(servers.filter((_, k) => k !== victim), { resetLoop: true })
+    const clientCpuBefore = await callAll({ cmd: 'cpu' })
+    const redisBefore = redis.cpuUs()
+    const stormAt = now()
+    const marked = await callAll({ cmd: 'storm', url: urls[victim], at: stormAt })
+    const moved = sum(marked, (m) => m.moved)
+    const stopped = servers[victim].stop()
+    say(`SIGTERM to instance ${victim + 1}: ${moved} clients move`)
+    let status = await callAll({ cmd: 'status' })
+    while (sum(status, (s) => s.resumed) < moved && now() - stormAt < stage.stormDeadlineMs) {
+      await sleep(100)
+      status = await callAll({ cmd: 'status' })
+    }
+    const stormMs = now() - stormAt
+    await callAll({ cmd: 'over' })
+    const after = await statsAll(servers.filter((_, k) => k !== victim))
+    const redisAfter = redis.cpuUs()
+    const clientCpuAfter = await callAll({ cmd: 'cpu' })
+    await stopped
+    // What the instances that stayed answered to upgrades, by result.
+    const results = {}
+    for (const url of stay) {
+      const text = await fetch(`${url}/metrics`).then((res) => res.text(), () => '')
+      for (const [, label, value] of text.matchAll(/^ws_connections_total\{result="([a-z_]+)"\} (\d+)/gm)) results[label] = (results[label] ?? 0) + Number(value)
+    }
+    const resumed = sum(status, (s) => s.resumed)
+    say(`${resumed}/${moved} moved clients resumed in ${(stormMs / 1000).toFixed(1)} s`)
+
+    const sent = await publishing
+    const accepted = new Set(sent.accepted)
+    const deadline = Date.now() + stage.drainMs
+    let stats = await callAll({ cmd: 'stats' })
+    while (sum(stats, (s) => s.received) < accepted.size && Date.now() < deadline) {
+      await sleep(100)
+      stats = await callAll({ cmd: 'stats' })
+    }
+    const numbers = await callAll({ cmd: 'receivedNumbers' })
+    for (const { numbers: list } of numbers) for (const n of list) accepted.delete(n)
+    const latency = (key) => stats.reduce((h, s) => h.merge(Histogram.fromJSON(s.latency[key])), new Histogram()).summary()
+    result.storm = {
+      moved,
+      resumed,
+      unrecovered: sum(status, (s) => s.unrecovered),
+      stormSeconds: stormMs / 1000,
+      resumeMs: status.reduce((h, s) => h.merge(Histogram.fromJSON(s.times)), new Histogram()).summary(),
+      slowestResumeMs: maxOf(status, (s) => s.slowestMs),
+      open: sum(status, (s) => s.open),
+      sent: sent.sent,
+      accepted: sent.accepted.length,
+      statuses: sent.statuses,
+      lost: accepted.size,
+      duplicates: sum(stats, (s) => s.duplicates),
+      latencyMs: { before: latency('before'), unmoved: latency('unmoved'), moved: latency('moved'), after: latency('after') },
+      publisherLatenessMs: Histogram.fromJSON(sent.lateness).summary(),
+      serverCpuPercentOfCore: cpuDelta(before, after) / (stormMs * 1000) * 100,
+      serverCpuUsPerMovedClient: cpuDelta(before, after) / moved,
+      loopMaxMs: maxOf(after, (s) => s.loopMaxMs),
+      redisCpuPercentOfCore: (redisAfter - redisBefore) / (stormMs * 1000) * 100,
+      clientCpuPercentOfCore: (sum(clientCpuAfter, (c) => c.cpuUs) - sum(clientCpuBefore, (c) => c.cpuUs)) / (stormMs * 1000) * 100,
+      upgradeResults: results,
+      clientErrors: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.errors)) all[k] = (all[k] ?? 0) + v; return all }, {}),
+      clientCloseCodes: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.closeCodes)) all[k] = (all[k] ?? 0) + v; return all }, {})
+    }
+    say(`lost ${accepted.size} of ${sent.accepted.length} accepted; unmoved p99 ${result.storm.latencyMs.unmoved.p99.toFixed(1)} ms during the storm`)
+    result.serversAlive = servers.every((s, k) => k === victim || s.alive())
+  } finally {
+    await stopAll(workers, publisher, servers, redis)
   }
 }
 
@@ -504,6 +658,31 @@ function table (stageResult) {
   return lines.map((cells) => `| ${cells.join(' | ')} |`).join('\n')
 }
 
+/** The storm stage's table: the gateway alone, each figure against its target. */
+function stormTable (r) {
+  const st = r.storm
+  const check = (ok) => (ok ? 'met' : 'NOT met')
+  const lines = [['', 'gateway', 'target'], ['---', '---', '---']]
+  if (st === undefined) {
+    lines.push(['run failed', (r.error ?? '').split('\n')[0].slice(0, 120), ''])
+  } else {
+    const resumeMs = st.moved === st.resumed ? st.slowestResumeMs : Infinity
+    lines.push(
+      ['clients moved (the SIGTERMed instance\'s)', fmt(st.moved, 0), ''],
+      ['moved clients resumed, not recovered', `${fmt(st.resumed, 0)}, ${fmt(st.unrecovered, 0)}`, `all, 0: ${check(st.moved === st.resumed && st.unrecovered === 0)}`],
+      ['time from SIGTERM to resumed, p50 / p99 / max (s)', `${fmt(st.resumeMs.p50 / 1000, 2)} / ${fmt(st.resumeMs.p99 / 1000, 2)} / ${fmt(st.slowestResumeMs / 1000, 2)}`, `max <= 15 s: ${check(resumeMs <= 15000)}`],
+      ['alerts accepted, lost, duplicates', `${fmt(st.accepted, 0)}, ${fmt(st.lost, 0)}, ${fmt(st.duplicates, 0)}`, `0 lost: ${check(st.lost === 0)}`],
+      ['all clients\' latency before the storm, p50 / p99 / max (ms)', latencyCell(st.latencyMs.before), ''],
+      ['unmoved clients\' latency during the storm, p50 / p99 / max (ms)', latencyCell(st.latencyMs.unmoved), `p99 <= 100 ms: ${check(st.latencyMs.unmoved.p99 <= 100)}`],
+      ['moved clients\' latency during the storm, replays included, p50 / p99 / max (ms)', latencyCell(st.latencyMs.moved), ''],
+      ['servers that stayed: CPU during the storm (% of a core), per moved client (us)', `${fmt(st.serverCpuPercentOfCore)}, ${fmt(st.serverCpuUsPerMovedClient, 0)}`, ''],
+      ['during the storm: Redis, client processes (% of a core)', `${fmt(st.redisCpuPercentOfCore)}, ${fmt(st.clientCpuPercentOfCore)}`, ''],
+      ['publisher lateness p99 (ms)', fmt(st.publisherLatenessMs.p99), '']
+    )
+  }
+  return lines.map((cells) => `| ${cells.join(' | ')} |`).join('\n')
+}
+
 function machine () {
   const limit = spawnSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).stdout.trim()
   return {
@@ -553,10 +732,12 @@ async function main () {
     stages.push(stageResult)
     for (const [systemIndex, system] of opts.systems.entries()) {
       if (stage.skipSystems?.includes(system)) continue
+      // The storm is the gateway's own deploy: resume is what it measures.
+      if (stage.storm === true && system !== 'gateway') continue
       const result = { system, label: SYSTEMS[system].label }
       stageResult.systems[system] = result
       try {
-        await runSystem(result, stage, stageIndex, systemIndex, opts)
+        await (stage.storm === true ? runStorm : runSystem)(result, stage, stageIndex, systemIndex, opts)
       } catch (err) {
         // One system failing does not lose the others' figures.
         failures++
@@ -566,6 +747,13 @@ async function main () {
       save()
     }
     const layout = plan(stage, stageIndex, 0)
+    if (stage.storm === true) {
+      if (stageResult.systems.gateway === undefined) continue
+      process.stdout.write(`\n### ${stage.name}: reconnect storm, ${stage.connections.toLocaleString('en-US')} SDK clients over ${stage.instances} gateway instances, ` +
+        `one instance SIGTERMed ${stage.stormAfterMs / 1000} s into ${stage.singleRate} single-user alerts/s for ${stage.stormSeconds} s\n\n`)
+      process.stdout.write(stormTable(stageResult.systems.gateway) + '\n')
+      continue
+    }
     process.stdout.write(`\n### ${stage.name}: ${stage.connections.toLocaleString('en-US')} connections over ${stage.instances} instances of each system, ` +
       `${layout.workers} client processes, ${layout.addressCount} source addresses, heartbeat ${stage.heartbeatMs / 1000} s\n\n`)
     process.stdout.write(table(stageResult) + '\n')

@@ -33,7 +33,7 @@ export function ensureBuilt (mode = 'auto', log = (line) => process.stderr.write
   if (mode === 'never') return
   let built = 0
   try { built = statSync(GATEWAY_SCRIPT).mtimeMs } catch {}
-  const sources = Math.max(...['src', 'plugins', 'routes', 'config', 'protocol'].map(newestMtime))
+  const sources = Math.max(...['src', 'plugins', 'routes', 'config', 'protocol', 'client'].map(newestMtime))
   if (mode === 'auto' && built > sources) return
   log(`compiling the gateway: tsc -p tsconfig.build.json --outDir ${path.relative(ROOT, BUILD_DIR)}`)
   const tsc = path.join(ROOT, 'node_modules/typescript/bin/tsc')

@@ -45,8 +45,8 @@ export class Rpc {
 }
 
 /** Forks a bench module with its own Rpc; stderr is kept for error reports. */
-export function forkWorker (modulePath, args = [], env = process.env) {
-  const child = fork(modulePath, args, { env, stdio: ['ignore', 'inherit', 'pipe', 'ipc'] })
+export function forkWorker (modulePath, args = [], env = process.env, execArgv = []) {
+  const child = fork(modulePath, args, { env, execArgv, stdio: ['ignore', 'inherit', 'pipe', 'ipc'] })
   let stderr = ''
   child.stderr.on('data', (chunk) => { stderr = (stderr + chunk.toString()).slice(-8000) })
   const rpc = new Rpc(child)

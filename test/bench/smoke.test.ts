@@ -17,11 +17,22 @@ interface SystemResult {
   serversAlive: boolean
 }
 
+interface StormResult {
+  moved: number
+  resumed: number
+  unrecovered: number
+  sent: number
+  accepted: number
+  lost: number
+  duplicates: number
+  latencyMs: { unmoved: { count: number } }
+}
+
 // The whole bench (three systems, the gateway again with history off, Redis,
 // client and publisher processes) in seconds. The gateway runs from source
 // through tap's TypeScript loader, so no build is needed; the bench and the
 // servers it starts are not product code, so their coverage is not collected.
-t.setTimeout(120_000)
+t.setTimeout(170_000)
 
 t.test('the short bench runs end to end with tiny numbers and prints the ratio table', async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'bench-smoke-'))
@@ -37,7 +48,7 @@ t.test('the short bench runs end to end with tiny numbers and prints the ratio t
   let stderr = ''
   child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
   child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-  const killer = setTimeout(() => child.kill('SIGINT'), 110_000)
+  const killer = setTimeout(() => child.kill('SIGINT'), 160_000)
   const [code] = await once(child, 'exit') as [number | null]
   clearTimeout(killer)
 
@@ -47,7 +58,7 @@ t.test('the short bench runs end to end with tiny numbers and prints the ratio t
   t.match(stdout, /broadcast deliveries per second/)
   t.match(stdout, /handshake: server CPU per upgrade/)
 
-  const results = JSON.parse(readFileSync(out, 'utf8')) as { stages: Array<{ systems: Record<string, SystemResult> }> }
+  const results = JSON.parse(readFileSync(out, 'utf8')) as { stages: Array<{ systems: Record<string, SystemResult & { storm: StormResult }> }> }
   for (const name of SYSTEMS) {
     const r = results.stages[0].systems[name]
     t.equal(r.connect.connected, r.connect.attempted, `${name}: every connection opened`)
@@ -59,4 +70,17 @@ t.test('the short bench runs end to end with tiny numbers and prints the ratio t
     t.equal(r.single.lost, 0, `${name}: no single-user alert lost`)
     t.ok(r.serversAlive, `${name}: the servers survived`)
   }
+
+  // The reconnect storm: one of two instances SIGTERMed under publishing;
+  // its SDK clients come back on the other one, resumed, missing nothing.
+  t.match(stdout, /### storm: reconnect storm, 200 SDK clients over 2 gateway instances/, 'the storm stage has its table')
+  t.same(Object.keys(results.stages[1].systems), ['gateway'], 'the storm measures the gateway alone')
+  const storm = results.stages[1].systems.gateway.storm
+  t.ok(storm.moved > 0 && storm.moved < 200, 'the SIGTERMed instance\'s clients moved, the others stayed')
+  t.equal(storm.resumed, storm.moved, 'every moved client resumed')
+  t.equal(storm.unrecovered, 0, 'every resume recovered what was missed')
+  t.equal(storm.accepted, storm.sent, 'every alert was accepted')
+  t.equal(storm.lost, 0, 'no accepted alert was lost')
+  t.equal(storm.duplicates, 0, 'none arrived twice')
+  t.ok(storm.latencyMs.unmoved.count > 0, 'the unmoved clients\' latency during the storm was measured')
 })

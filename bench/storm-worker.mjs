@@ -1,0 +1,193 @@
+/**
+ * A client process of the reconnect-storm stage. Its users connect with the
+ * project's own client SDK, as shipped (`client/`: reconnect with full-jitter
+ * backoff within the attempt limit, resume from the stored positions,
+ * duplicates dropped), over `ws` bound to this process's 127.x source
+ * addresses. Driven over IPC by run.mjs.
+ *
+ * A deploy takes one instance out of rotation and SIGTERMs it: `storm` tells
+ * this process which instance left, as a load balancer would stop routing to
+ * it. The SDK's reconnects to that instance's address are then routed to the
+ * instances still in rotation (round robin), as a load balancer would.
+ *
+ * Every alert carries `data.n` (its number) and `data.bench_s` (when it was
+ * due, on the bench's one clock): lost = accepted numbers never received.
+ * Latency is recorded apart for clients that stayed (unmoved) and for those
+ * that moved, before, during and after the storm.
+ */
+import WebSocket from 'ws'
+import { now } from './lib/clock.mjs'
+import { Histogram } from './lib/histogram.mjs'
+import { serve } from './lib/ipc.mjs'
+import { inLanes } from './lib/processes.mjs'
+import { userToken } from './lib/tokens.mjs'
+
+// client/index.js of the bench's build, or client/index.ts under tap's loader (smoke).
+const sdk = await import(process.env.STORM_SDK)
+
+/** Instances out of rotation (host:port), and those in it. */
+const out = new Set()
+let rotation = []
+let turn = 0
+
+/** The address a dial goes to: its own, unless that instance left the rotation. */
+function route (url) {
+  const parsed = new URL(url)
+  if (!out.has(parsed.host) || rotation.length === 0) return url
+  parsed.host = rotation[turn++ % rotation.length]
+  return parsed.toString()
+}
+
+/** A WebSocket class for the SDK: `ws`, from one source address, routed. */
+function socketClass (localAddress) {
+  return class RoutedSocket extends WebSocket {
+    constructor (url) {
+      super(route(url), { localAddress, perMessageDeflate: false })
+    }
+  }
+}
+
+/** { client, host, moved, resumedMs, recovered } per user of this process. */
+const users = []
+/** Numbers of the alerts received (each targets one user: one receipt each). */
+let received = new Set()
+let duplicates = 0
+let stormAt = null
+let stormOver = false
+const latency = { before: new Histogram(), unmoved: new Histogram(), moved: new Histogram(), after: new Histogram() }
+const errors = {}
+const closeCodes = {}
+
+function onAlert (user, alert) {
+  const t = now()
+  const n = alert.data?.n
+  if (typeof n !== 'number') return
+  if (received.has(n)) duplicates++
+  else received.add(n)
+  const due = alert.data.bench_s
+  if (typeof due !== 'number') return
+  if (stormAt === null) latency.before.record(t - due)
+  else if (stormOver) latency.after.record(t - due)
+  else if (user.moved) latency.moved.record(t - due)
+  else latency.unmoved.record(t - due)
+}
+
+function onResumed (user, result) {
+  if (!user.moved || user.resumedMs !== null || stormAt === null) return
+  user.resumedMs = now() - stormAt
+  user.recovered = result.recovered
+}
+
+/** Starts one user's client; resolves at its first welcome, or false at the timeout. */
+function start (userId, url, SocketClass, timeoutMs) {
+  const user = { client: null, host: new URL(url).host, moved: false, resumedMs: null, recovered: null }
+  users.push(user)
+  const started = now()
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ ok: false, error: 'timeout' }), timeoutMs)
+    user.client = sdk.connect({
+      url,
+      getToken: () => userToken(userId),
+      WebSocket: SocketClass,
+      onAlert: (alert) => onAlert(user, alert),
+      onResumed: (result) => onResumed(user, result),
+      onError: (error) => { errors[error.kind] = (errors[error.kind] ?? 0) + 1 },
+      onState: (change) => {
+        if (change.state === 'open') {
+          clearTimeout(timer)
+          resolve({ ok: true, ms: now() - started })
+        } else if (change.code !== undefined && change.state !== 'open') {
+          closeCodes[change.code] = (closeCodes[change.code] ?? 0) + 1
+        }
+      }
+    })
+  })
+}
+
+async function connect ({ urls, from, count, addresses, concurrency, timeoutMs }) {
+  rotation = urls.map((u) => new URL(u).host)
+  const classes = addresses.length === 0 ? [socketClass(undefined)] : addresses.map(socketClass)
+  const handshake = new Histogram()
+  const failures = {}
+  let ok = 0
+  await inLanes(count, concurrency, (k) => {
+    const i = from + k
+    const url = `${urls[i % urls.length].replace(/^http/, 'ws')}/ws`
+    return start(`u${i}`, url, classes[k % classes.length], timeoutMs)
+  }, (r) => {
+    if (r.ok) {
+      ok++
+      handshake.record(r.ms)
+    } else {
+      failures[r.error] = (failures[r.error] ?? 0) + 1
+    }
+  })
+  return { ok, failed: count - ok, errors: failures, handshake: handshake.toJSON() }
+}
+
+/** The instance `url` leaves the rotation now; its users are the moved ones. */
+function storm ({ url, at }) {
+  const host = new URL(url).host
+  out.add(host)
+  rotation = rotation.filter((h) => h !== host)
+  stormAt = at
+  let moved = 0
+  for (const user of users) {
+    if (user.host !== host) continue
+    user.moved = true
+    moved++
+  }
+  return { moved }
+}
+
+function status () {
+  let moved = 0
+  let resumed = 0
+  let unrecovered = 0
+  const times = new Histogram()
+  let slowestMs = 0
+  for (const user of users) {
+    if (!user.moved) continue
+    moved++
+    if (user.resumedMs === null) continue
+    resumed++
+    if (user.recovered !== true) unrecovered++
+    times.record(user.resumedMs)
+    slowestMs = Math.max(slowestMs, user.resumedMs)
+  }
+  const open = users.filter((u) => u.client.state === 'open').length
+  return { moved, resumed, unrecovered, slowestMs, open, users: users.length, times: times.toJSON() }
+}
+
+serve({
+  connect,
+  storm: async (msg) => storm(msg),
+  status: async () => status(),
+  cpu: async () => {
+    const { user, system } = process.cpuUsage()
+    return { cpuUs: user + system }
+  },
+  /** Latency recorded from now on counts as after the storm. */
+  over: async () => {
+    stormOver = true
+    return {}
+  },
+  stats: async () => ({
+    received: received.size,
+    duplicates,
+    errors,
+    closeCodes,
+    latency: Object.fromEntries(Object.entries(latency).map(([k, h]) => [k, h.toJSON()]))
+  }),
+  /** The numbers of the alerts received, for the loss count. */
+  receivedNumbers: async () => ({ numbers: [...received] }),
+  reset: async () => {
+    received = new Set()
+    duplicates = 0
+    return {}
+  },
+  close: async () => {
+    for (const user of users) user.client.close()
+    return {}
+  }
+})
