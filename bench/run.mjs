@@ -259,7 +259,13 @@ async function startInstances (system, stage, opts, redisUrl) {
 /** Ends a system's run: clients closed, then every process it started. */
 async function stopAll (workers, publisher, servers, redis) {
   await Promise.allSettled(workers.map((w) => w.rpc.call({ cmd: 'close' }, 30000)))
-  for (const w of workers) w.child.kill('SIGKILL')
+  // Disconnected, a worker exits by itself (and writes its CPU profile, if any).
+  await Promise.allSettled(workers.map((w) => new Promise((resolve) => {
+    if (w.child.exitCode !== null || w.child.signalCode !== null) return resolve()
+    const timer = setTimeout(() => w.child.kill('SIGKILL'), 5000)
+    w.child.once('exit', () => { clearTimeout(timer); resolve() })
+    w.child.disconnect()
+  })))
   publisher?.child.kill('SIGKILL')
   await Promise.allSettled(servers.map((s) => s.stop()))
   await redis.stop()
@@ -469,6 +475,8 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
     const layout = plan(stage, stageIndex, systemIndex)
     const sdk = opts.gatewayRuntime === 'ts' ? path.join(ROOT, 'client/index.ts') : path.join(path.dirname(path.dirname(opts.gatewayScript ?? GATEWAY_SCRIPT)), 'client/index.js')
     const execArgv = opts.gatewayRuntime === 'ts' ? ['--import=@tapjs/typescript/import'] : []
+    // --prof: the client processes too (their profile is written when stopAll disconnects them).
+    if (opts.prof !== undefined) execArgv.push('--cpu-prof', `--cpu-prof-dir=${opts.prof}`)
     const env = { ...baseEnv(), STORM_SDK: sdk, ...(opts.gatewayRuntime === 'ts' ? { TS_NODE_TRANSPILE_ONLY: '1' } : {}) }
     for (let w = 0; w < layout.workers; w++) {
       const worker = forkWorker(path.join(BENCH, 'storm-worker.mjs'), [], env, execArgv)
@@ -555,6 +563,7 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       loopMaxMs: maxOf(after, (s) => s.loopMaxMs),
       redisCpuPercentOfCore: (redisAfter - redisBefore) / (stormMs * 1000) * 100,
       clientCpuPercentOfCore: (sum(clientCpuAfter, (c) => c.cpuUs) - sum(clientCpuBefore, (c) => c.cpuUs)) / (stormMs * 1000) * 100,
+      clientLoopMaxMs: maxOf(clientCpuAfter, (c) => c.loopMaxMs),
       upgradeResults: results,
       clientErrors: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.errors)) all[k] = (all[k] ?? 0) + v; return all }, {}),
       clientCloseCodes: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.closeCodes)) all[k] = (all[k] ?? 0) + v; return all }, {})
@@ -677,6 +686,7 @@ function stormTable (r) {
       ['moved clients\' latency during the storm, replays included, p50 / p99 / max (ms)', latencyCell(st.latencyMs.moved), ''],
       ['servers that stayed: CPU during the storm (% of a core), per moved client (us)', `${fmt(st.serverCpuPercentOfCore)}, ${fmt(st.serverCpuUsPerMovedClient, 0)}`, ''],
       ['during the storm: Redis, client processes (% of a core)', `${fmt(st.redisCpuPercentOfCore)}, ${fmt(st.clientCpuPercentOfCore)}`, ''],
+      ['during the storm: longest event-loop stall, servers that stayed, client processes (ms)', `${fmt(st.loopMaxMs, 0)}, ${fmt(st.clientLoopMaxMs, 0)}`, ''],
       ['publisher lateness p99 (ms)', fmt(st.publisherLatenessMs.p99), '']
     )
   }

@@ -2,8 +2,15 @@
  * A client process of the reconnect-storm stage. Its users connect with the
  * project's own client SDK, as shipped (`client/`: reconnect with full-jitter
  * backoff within the attempt limit, resume from the stored positions,
- * duplicates dropped), over `ws` bound to this process's 127.x source
- * addresses. Driven over IPC by run.mjs.
+ * duplicates dropped), over `ws`. Driven over IPC by run.mjs.
+ *
+ * Unlike client-worker.mjs, sockets are not bound to a source address:
+ * bind() before connect() makes the kernel search a free port among every
+ * socket bound to that address, and in a storm that search stalled these
+ * processes for seconds (measured: 6.3 s event-loop stall, 108 % of a core
+ * for the two client processes; 1.7 s and 54 % without). connect() alone
+ * picks a port per destination, and 127.0.0.1 to one instance has room for
+ * the ~28,000 ports of the ephemeral range.
  *
  * A deploy takes one instance out of rotation and SIGTERMs it: `storm` tells
  * this process which instance left, as a load balancer would stop routing to
@@ -15,6 +22,7 @@
  * Latency is recorded apart for clients that stayed (unmoved) and for those
  * that moved, before, during and after the storm.
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import WebSocket from 'ws'
 import { now } from './lib/clock.mjs'
 import { Histogram } from './lib/histogram.mjs'
@@ -38,12 +46,10 @@ function route (url) {
   return parsed.toString()
 }
 
-/** A WebSocket class for the SDK: `ws`, from one source address, routed. */
-function socketClass (localAddress) {
-  return class RoutedSocket extends WebSocket {
-    constructor (url) {
-      super(route(url), { localAddress, perMessageDeflate: false })
-    }
+/** The WebSocket class the SDK is given: `ws`, routed. */
+class RoutedSocket extends WebSocket {
+  constructor (url) {
+    super(route(url), { perMessageDeflate: false })
   }
 }
 
@@ -56,6 +62,8 @@ let stormAt = null
 let stormOver = false
 const latency = { before: new Histogram(), unmoved: new Histogram(), moved: new Histogram(), after: new Histogram() }
 const errors = {}
+const loop = monitorEventLoopDelay({ resolution: 10 })
+loop.enable()
 const closeCodes = {}
 
 function onAlert (user, alert) {
@@ -79,7 +87,7 @@ function onResumed (user, result) {
 }
 
 /** Starts one user's client; resolves at its first welcome, or false at the timeout. */
-function start (userId, url, SocketClass, timeoutMs) {
+function start (userId, url, timeoutMs) {
   const user = { client: null, host: new URL(url).host, moved: false, resumedMs: null, recovered: null }
   users.push(user)
   const started = now()
@@ -88,7 +96,7 @@ function start (userId, url, SocketClass, timeoutMs) {
     user.client = sdk.connect({
       url,
       getToken: () => userToken(userId),
-      WebSocket: SocketClass,
+      WebSocket: RoutedSocket,
       onAlert: (alert) => onAlert(user, alert),
       onResumed: (result) => onResumed(user, result),
       onError: (error) => { errors[error.kind] = (errors[error.kind] ?? 0) + 1 },
@@ -104,16 +112,15 @@ function start (userId, url, SocketClass, timeoutMs) {
   })
 }
 
-async function connect ({ urls, from, count, addresses, concurrency, timeoutMs }) {
+async function connect ({ urls, from, count, concurrency, timeoutMs }) {
   rotation = urls.map((u) => new URL(u).host)
-  const classes = addresses.length === 0 ? [socketClass(undefined)] : addresses.map(socketClass)
   const handshake = new Histogram()
   const failures = {}
   let ok = 0
   await inLanes(count, concurrency, (k) => {
     const i = from + k
     const url = `${urls[i % urls.length].replace(/^http/, 'ws')}/ws`
-    return start(`u${i}`, url, classes[k % classes.length], timeoutMs)
+    return start(`u${i}`, url, timeoutMs)
   }, (r) => {
     if (r.ok) {
       ok++
@@ -163,9 +170,12 @@ serve({
   connect,
   storm: async (msg) => storm(msg),
   status: async () => status(),
+  /** CPU so far, and the longest event-loop stall since the last call (a late alert may be this process's). */
   cpu: async () => {
     const { user, system } = process.cpuUsage()
-    return { cpuUs: user + system }
+    const loopMaxMs = loop.max / 1e6
+    loop.reset()
+    return { cpuUs: user + system, loopMaxMs }
   },
   /** Latency recorded from now on counts as after the storm. */
   over: async () => {

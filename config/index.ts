@@ -64,6 +64,8 @@ export interface GatewayConfig {
     maxConnectionsPerIp: number
     handshakeTimeoutMs: number
     maxPendingHandshakes: number
+    /** Upgrades doing their work at once; the other pending ones wait their turn. */
+    handshakeConcurrency: number
     ipSlotTtlMs: number
     restRateLimitPerMinute: number
     publishRateLimitPerMinute: number
@@ -371,6 +373,7 @@ export function loadConfig (raw: NodeJS.ProcessEnv = process.env, cwd = process.
       maxConnectionsPerIp: env.MAX_CONNECTIONS_PER_IP,
       handshakeTimeoutMs: env.HANDSHAKE_TIMEOUT_MS,
       maxPendingHandshakes: env.MAX_PENDING_HANDSHAKES,
+      handshakeConcurrency: env.HANDSHAKE_CONCURRENCY,
       ipSlotTtlMs: env.IP_SLOT_TTL_MS,
       restRateLimitPerMinute: env.REST_RATE_LIMIT_PER_MINUTE,
       publishRateLimitPerMinute: env.PUBLISH_RATE_LIMIT_PER_MINUTE

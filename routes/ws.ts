@@ -10,6 +10,7 @@ import type { Welcome } from '../protocol/frames.js'
 import type { ConnectionResult } from '../src/lib/metric-names.js'
 import { Session } from '../src/session/session.js'
 import { releaseUpgradeRequest } from '../src/session/upgrade-release.js'
+import { HandshakeGate } from '../src/session/handshake-gate.js'
 import { isRevoked } from '../src/lib/token-claims.js'
 import type { ResumePlan } from '../src/delivery/delivery.js'
 import { isWellFormedPosition } from '../protocol/position.js'
@@ -33,6 +34,8 @@ interface Reservation {
 interface UpgradeState {
   /** Counted in `lifecycle.pendingHandshakes` until settled. */
   pending: boolean
+  /** Holds a turn of the handshake gate until settled. */
+  gated: boolean
   /** 'close' listeners on the raw socket until the session takes over. */
   listeners: Array<() => void>
   reservation: Reservation | null
@@ -91,8 +94,18 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     claims.release(reservation.userId)
   }
 
+  const gate = new HandshakeGate(config.limits.handshakeConcurrency)
+
+  function ungate (state: UpgradeState): void {
+    if (!state.gated) return
+    state.gated = false
+    gate.leave()
+  }
+
   function settle (state: UpgradeState | null): void {
-    if (state?.pending === true) {
+    if (state === null) return
+    ungate(state)
+    if (state.pending) {
       state.pending = false
       lifecycle.pendingHandshakes--
     }
@@ -104,12 +117,25 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     if (!lifecycle.accepting) throw new ShuttingDownError()
     if (lifecycle.pendingHandshakes >= config.limits.maxPendingHandshakes) throw new OverloadedError()
     lifecycle.pendingHandshakes++
-    const state: UpgradeState = { pending: true, listeners: [], reservation: null, response: null, since: {}, plan: null }
+    const state: UpgradeState = { pending: true, gated: false, listeners: [], reservation: null, response: null, since: {}, plan: null }
     request.upgrade = state
     // onRequest runs in the same tick as the upgrade event: the socket is live.
+    const socket = request.raw.socket as Socket | undefined
     const onClose = (): void => settle(state)
     state.listeners.push(onClose)
-    request.raw.socket?.once('close', onClose)
+    socket?.once('close', onClose)
+    const turn = gate.enter()
+    if (turn !== null) {
+      await turn
+      // Its client may have given up, or the instance begun to drain, while
+      // it waited: its turn passes on.
+      const gone = socket?.destroyed === true
+      if (gone || !lifecycle.accepting) {
+        gate.leave()
+        throw gone ? new ClientGoneError() : new ShuttingDownError()
+      }
+    }
+    state.gated = true
   }
 
   async function checkOrigin (request: FastifyRequest): Promise<void> {

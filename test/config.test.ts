@@ -147,6 +147,7 @@ t.test('every setting is carried into the configuration', async (t) => {
     SEND_BUFFER_MAX_BYTES: '4096',
     HANDSHAKE_TIMEOUT_MS: '3000',
     MAX_PENDING_HANDSHAKES: '50',
+    HANDSHAKE_CONCURRENCY: '8',
     IP_SLOT_TTL_MS: '5000',
     REST_RATE_LIMIT_PER_MINUTE: '100',
     PUBLISH_RATE_LIMIT_PER_MINUTE: '1000',
@@ -189,6 +190,7 @@ t.test('every setting is carried into the configuration', async (t) => {
     maxConnectionsPerIp: 9,
     handshakeTimeoutMs: 3000,
     maxPendingHandshakes: 50,
+    handshakeConcurrency: 8,
     ipSlotTtlMs: 5000,
     restRateLimitPerMinute: 100,
     publishRateLimitPerMinute: 1000

@@ -479,6 +479,51 @@ t.test('with Redis', async (t) => {
     await t.resolves(waitUntil(async () => await subscribers() === 0, 2000, 'the user channel to be unsubscribed'), 'the user channel is unsubscribed')
   })
 
+  t.test('HANDSHAKE_CONCURRENCY: upgrades wait their turn, and one whose client left while it waited does no work', async (t) => {
+    const prefix = `t-${randomUUID()}:`
+    const { app, port, wsUrl } = await buildClustered(t, { HANDSHAKE_CONCURRENCY: '1' }, prefix)
+    const stuck = await stuckHandshake(app, port, userToken(newUser()))
+    t.teardown(() => stuck.release())
+    // Behind the one turn: an upgrade whose client gives up, then one that waits.
+    const leaver = newUser()
+    const leaving = netConnect(port, '127.0.0.1')
+    leaving.on('error', () => {})
+    leaving.write(upgradeRequest(port, userToken(leaver)))
+    await waitUntil(() => app.lifecycle.pendingHandshakes === 2, 5000, 'the second upgrade to be pending')
+    const waiter = newUser()
+    const third = TestClient.connect(wsUrl, { token: userToken(waiter) })
+    await waitUntil(() => app.lifecycle.pendingHandshakes === 3, 5000, 'the third upgrade to be pending')
+    leaving.resetAndDestroy()
+    await waitUntil(() => app.lifecycle.pendingHandshakes === 2, 5000, 'the server to see the reset')
+    await stuck.release()
+    const { client } = await third
+    t.same(await client.pingPong('x'), { type: 'pong', id: 'x' }, 'the waiting upgrade was served once the turn came back')
+    // The attempt counter is the first write of a handshake: the upgrade
+    // that left while it waited never got that far.
+    const counted = await admin.keys(`${prefix}rl:*`)
+    t.ok(counted.some((key) => key.endsWith(`:${waiter}`)), 'the served upgrade counted an attempt')
+    t.notOk(counted.some((key) => key.endsWith(`:${leaver}`)), 'the one that left while waiting did not')
+    stuck.socket.destroy()
+    await client.close()
+    await waitUntil(() => app.lifecycle.pendingHandshakes === 0, 5000, 'every handshake to settle')
+  })
+
+  t.test('an upgrade whose turn comes after the instance began to drain is 503', async (t) => {
+    const { app, port, wsUrl } = await buildClustered(t, { HANDSHAKE_CONCURRENCY: '1' })
+    const stuck = await stuckHandshake(app, port, userToken(newUser()))
+    t.teardown(() => stuck.release())
+    const refused = TestClient.refused(wsUrl, { token: userToken(newUser()) })
+    await waitUntil(() => app.lifecycle.pendingHandshakes === 2, 5000, 'the second upgrade to wait its turn')
+    // What a graceful shutdown does first (drain()).
+    app.lifecycle.phase = 'draining'
+    await stuck.release()
+    t.equal((await refused).status, 503)
+    const shuttingDown = (await app.metrics.connectionsTotal.get()).values.find((v) => v.labels.result === 'shutting_down')
+    t.equal(shuttingDown?.value, 1, 'counted as shutting_down')
+    stuck.socket.destroy()
+    await waitUntil(() => app.lifecycle.pendingHandshakes === 0, 5000, 'every handshake to settle')
+  })
+
   t.test('MAX_PENDING_HANDSHAKES: an upgrade over the limit is 503', async (t) => {
     const { app, port, wsUrl } = await buildClustered(t, { MAX_PENDING_HANDSHAKES: '1' })
     const stuck = await stuckHandshake(app, port, userToken(newUser()))
