@@ -13,7 +13,8 @@
  * --single-seconds=S --heartbeat-ms=MS --idle-ms=MS --stage=NAME
  * --gateway-runtime=dist|ts  --gateway-script=FILE (another compiled build,
  * for A/B runs)  --gateway-node-args="--flag=v ..." (node flags of the gateway's
- * processes only)  --build (force tsc) --no-build
+ * processes only)  --gateway-env=NAME=value,... (added to the gateway's
+ * environment)  --build (force tsc) --no-build
  * --prof=DIR (CPU profiles of every server)  --heap-snapshot=DIR (one
  * instance of each system, connections held)  --out=FILE (results JSON).
  *
@@ -163,6 +164,8 @@ function parseArgs (argv) {
     else if (key === 'gateway-script') opts.gatewayScript = path.resolve(value)
     // Everything after the first '=': the flags themselves hold '='.
     else if (key === 'gateway-node-args') opts.gatewayNodeArgs = arg.slice(arg.indexOf('=') + 1).split(' ').filter(Boolean)
+    // Variables added to the gateway's environment: --gateway-env=NAME=value,NAME=value
+    else if (key === 'gateway-env') opts.gatewayEnv = Object.fromEntries(arg.slice(arg.indexOf('=') + 1).split(',').map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
     else if (key === 'systems') opts.systems = value.split(',')
     else if (key === 'prof') opts.prof = path.resolve(value)
     else if (key === 'heap-snapshot') opts.heapSnapshot = path.resolve(value)
@@ -213,7 +216,7 @@ function serverSpec (system, opts, stage, port, redisUrl, profDir) {
     const env = { ...serverEnv({ port, redisUrl, heartbeatMs: stage.heartbeatMs }), BENCH_EXIT_ON_SIGTERM: '1' }
     return { name, script: SYSTEMS[system].script, nodeArgs, env, graceMs: profDir === undefined ? 0 : 5000 }
   }
-  const env = gatewayEnv({ port, redisUrl, heartbeatMs: stage.heartbeatMs, extra: SYSTEMS[system].env })
+  const env = gatewayEnv({ port, redisUrl, heartbeatMs: stage.heartbeatMs, extra: { ...opts.gatewayEnv, ...SYSTEMS[system].env } })
   if (opts.gatewayRuntime === 'ts') {
     // tap's TypeScript loader: the smoke test runs without a build.
     return { name, script: path.join(ROOT, 'src/server.ts'), nodeArgs: [...nodeArgs, '--import=@tapjs/typescript/import'], env: { ...env, TS_NODE_TRANSPILE_ONLY: '1' }, graceMs: 8000 }
@@ -250,10 +253,21 @@ function plan (stage, stageIndex, systemIndex) {
   return { workers, addressCount, shares }
 }
 
-/** The stage's instances of `system`, each ready, on free ports. */
-async function startInstances (system, stage, opts, redisUrl) {
+/**
+ * The stage's instances of `system`, each ready, on free ports. `shutdownMs`:
+ * the gateway's SHUTDOWN_TIMEOUT_MS as shipped instead of the bench's short
+ * one, and the time it is given after SIGTERM.
+ */
+async function startInstances (system, stage, opts, redisUrl, shutdownMs) {
   const ports = await Promise.all(Array.from({ length: stage.instances }, () => freePort()))
-  return Promise.all(ports.map((port) => startServer({ ...serverSpec(system, opts, stage, port, redisUrl, opts.prof), port, cwd: ROOT })))
+  return Promise.all(ports.map((port) => {
+    const spec = serverSpec(system, opts, stage, port, redisUrl, opts.prof)
+    if (shutdownMs !== undefined) {
+      spec.env.SHUTDOWN_TIMEOUT_MS = String(shutdownMs)
+      spec.graceMs = Math.max(spec.graceMs, shutdownMs + 5000)
+    }
+    return startServer({ ...spec, port, cwd: ROOT })
+  }))
 }
 
 /** Ends a system's run: clients closed, then every process it started. */
@@ -454,6 +468,24 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
 }
 
 /**
+ * The storm's client processes: user i is on instance i mod K, and the
+ * users of the instance that leaves (the last) get processes of their own.
+ * Real clients are separate devices: a client process busy reconnecting
+ * the moved users must not delay the alerts of those that stayed.
+ */
+function stormPlan (stage) {
+  const k = stage.instances
+  const moved = []
+  const stayed = []
+  for (let i = 0; i < stage.connections; i++) (i % k === k - 1 ? moved : stayed).push(i)
+  const split = (users, workers) => Array.from({ length: workers }, (_, w) => users.filter((_, j) => j % workers === w))
+  const movedWorkers = Math.max(1, Math.ceil(moved.length / PER_WORKER))
+  const stayedWorkers = Math.max(1, Math.ceil(stayed.length / PER_WORKER), stage.workers - movedWorkers)
+  const shares = [...split(stayed, stayedWorkers), ...split(moved, movedWorkers)]
+  return { workers: shares.length, shares }
+}
+
+/**
  * A deploy's reconnect storm, the gateway only: every connection through the
  * SDK (storm-worker.mjs), single-user alerts published in open loop to the
  * instances that stay, then one instance leaves the rotation and gets
@@ -468,11 +500,12 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
   const workers = []
   let publisher = null
   try {
-    servers = await startInstances('gateway', stage, opts, redis.url)
+    // The drain as shipped: it spreads its closes over up to half of it.
+    servers = await startInstances('gateway', stage, opts, redis.url, 10000)
     const urls = servers.map((s) => s.baseUrl)
     say(`${servers.length} instances ready`)
 
-    const layout = plan(stage, stageIndex, systemIndex)
+    const layout = stormPlan(stage)
     const sdk = opts.gatewayRuntime === 'ts' ? path.join(ROOT, 'client/index.ts') : path.join(path.dirname(path.dirname(opts.gatewayScript ?? GATEWAY_SCRIPT)), 'client/index.js')
     const execArgv = opts.gatewayRuntime === 'ts' ? ['--import=@tapjs/typescript/import'] : []
     // --prof: the client processes too (their profile is written when stopAll disconnects them).
@@ -489,15 +522,15 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
 
     const started = now()
     const connects = await Promise.all(workers.map((w, k) => w.rpc.call({
-      cmd: 'connect', urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+      cmd: 'connect', urls, users: layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
     }, 30 * 60000)))
     const connected = sum(connects, (c) => c.ok)
     result.connect = { attempted: stage.connections, connected, seconds: (now() - started) / 1000, errors: Object.assign({}, ...connects.map((c) => c.errors)) }
     say(`${connected}/${stage.connections} connected through the SDK in ${result.connect.seconds.toFixed(1)} s`)
     if (connected !== stage.connections) throw new Error(`only ${connected} of ${stage.connections} connected: ${JSON.stringify(result.connect.errors)}`)
 
-    // The last instance leaves; the publisher posts to the others throughout,
-    // as a load balancer would route the backends' requests.
+    // The last instance leaves (see stormPlan); the publisher posts to the
+    // others throughout, as a load balancer would route the backends' requests.
     const victim = servers.length - 1
     const stay = urls.filter((_, k) => k !== victim)
     const publishing = publisher.rpc.call({
@@ -556,7 +589,7 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       statuses: sent.statuses,
       lost: accepted.size,
       duplicates: sum(stats, (s) => s.duplicates),
-      latencyMs: { before: latency('before'), unmoved: latency('unmoved'), moved: latency('moved'), after: latency('after') },
+      latencyMs: { before: latency('before'), unmoved: latency('unmoved'), moved: latency('moved'), after: latency('after'), unmovedFromTs: latency('unmovedFromTs') },
       publisherLatenessMs: Histogram.fromJSON(sent.lateness).summary(),
       serverCpuPercentOfCore: cpuDelta(before, after) / (stormMs * 1000) * 100,
       serverCpuUsPerMovedClient: cpuDelta(before, after) / moved,

@@ -24,7 +24,7 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import WebSocket from 'ws'
-import { now } from './lib/clock.mjs'
+import { now, wallNow } from './lib/clock.mjs'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
 import { inLanes } from './lib/processes.mjs'
@@ -60,7 +60,7 @@ let received = new Set()
 let duplicates = 0
 let stormAt = null
 let stormOver = false
-const latency = { before: new Histogram(), unmoved: new Histogram(), moved: new Histogram(), after: new Histogram() }
+const latency = { before: new Histogram(), unmoved: new Histogram(), moved: new Histogram(), after: new Histogram(), unmovedFromTs: new Histogram() }
 const errors = {}
 const loop = monitorEventLoopDelay({ resolution: 10 })
 loop.enable()
@@ -77,7 +77,12 @@ function onAlert (user, alert) {
   if (stormAt === null) latency.before.record(t - due)
   else if (stormOver) latency.after.record(t - due)
   else if (user.moved) latency.moved.record(t - due)
-  else latency.unmoved.record(t - due)
+  else {
+    latency.unmoved.record(t - due)
+    // From the alert's `ts` (set when the server took the POST): the part
+    // after the publish request was handled.
+    latency.unmovedFromTs.record(wallNow() - alert.ts)
+  }
 }
 
 function onResumed (user, result) {
@@ -112,13 +117,14 @@ function start (userId, url, timeoutMs) {
   })
 }
 
-async function connect ({ urls, from, count, concurrency, timeoutMs }) {
+/** Connects `users` (numbers: user `u<i>` on instance i mod K). */
+async function connect ({ urls, users: ids, concurrency, timeoutMs }) {
   rotation = urls.map((u) => new URL(u).host)
   const handshake = new Histogram()
   const failures = {}
   let ok = 0
-  await inLanes(count, concurrency, (k) => {
-    const i = from + k
+  await inLanes(ids.length, concurrency, (k) => {
+    const i = ids[k]
     const url = `${urls[i % urls.length].replace(/^http/, 'ws')}/ws`
     return start(`u${i}`, url, timeoutMs)
   }, (r) => {
@@ -129,7 +135,7 @@ async function connect ({ urls, from, count, concurrency, timeoutMs }) {
       failures[r.error] = (failures[r.error] ?? 0) + 1
     }
   })
-  return { ok, failed: count - ok, errors: failures, handshake: handshake.toJSON() }
+  return { ok, failed: ids.length - ok, errors: failures, handshake: handshake.toJSON() }
 }
 
 /** The instance `url` leaves the rotation now; its users are the moved ones. */

@@ -228,6 +228,17 @@ export class SessionRegistry {
     }
   }
 
+  /** The sessions registered now, in registration order (a copy). */
+  snapshot (): Session[] {
+    return [...this.#list]
+  }
+
+  /** Closes `batch` with `code`, after the frames still pending for them (as closeAll). */
+  closeSome (batch: readonly Session[], code: CloseCodeValue): void {
+    this.#flush()
+    for (const session of batch) session.close(code)
+  }
+
   closeAll (code: CloseCodeValue): void {
     this.#flush()
     for (const session of [...this.#list]) session.close(code)
