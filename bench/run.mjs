@@ -55,6 +55,13 @@ const WARMUP_USER_BASE = 10_000_000
 const PER_ADDRESS = 6000
 /** At most this many connections per client process (20k descriptors each). */
 const PER_WORKER = 15000
+/**
+ * At most this many storm clients per source address. The kernel searches a
+ * free port for each connect among the sockets of its address: with 5,000
+ * per address, or 20,000 on 127.0.0.1 alone, that search stalled the client
+ * processes for seconds, and for over a minute at 100k.
+ */
+const STORM_PER_ADDRESS = 1000
 
 const STAGE_DEFAULTS = {
   instances: 2,
@@ -115,7 +122,7 @@ const PROFILES = {
   quick: {
     // ~3 min on an idle box with four systems; 5 min at load 8-13.
     limitMinutes: 10,
-    stages: [{ name: 'quick' }, { name: 'storm', storm: true, singleRate: 1000 }]
+    stages: [{ name: 'quick' }, { name: 'storm', storm: true, singleRate: 100, heartbeatMs: 30000 }]
   },
   full: {
     limitMinutes: 60,
@@ -144,7 +151,7 @@ const PROFILES = {
         connections: 100000,
         workers: 7,
         heartbeatMs: 30000,
-        singleRate: 1000,
+        singleRate: 100,
         stormAfterMs: 5000,
         stormSeconds: 40,
         connectTimeoutMs: 60000
@@ -473,7 +480,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
  * Real clients are separate devices: a client process busy reconnecting
  * the moved users must not delay the alerts of those that stayed.
  */
-function stormPlan (stage) {
+function stormPlan (stage, stageIndex) {
   const k = stage.instances
   const moved = []
   const stayed = []
@@ -481,8 +488,15 @@ function stormPlan (stage) {
   const split = (users, workers) => Array.from({ length: workers }, (_, w) => users.filter((_, j) => j % workers === w))
   const movedWorkers = Math.max(1, Math.ceil(moved.length / PER_WORKER))
   const stayedWorkers = Math.max(1, Math.ceil(stayed.length / PER_WORKER), stage.workers - movedWorkers)
-  const shares = [...split(stayed, stayedWorkers), ...split(moved, movedWorkers)]
-  return { workers: shares.length, shares }
+  const users = [...split(stayed, stayedWorkers), ...split(moved, movedWorkers)]
+  // Source addresses 127.0.<100 + stage>.<n>, at most STORM_PER_ADDRESS users each.
+  let next = 1
+  const shares = users.map((list) => {
+    const addresses = Array.from({ length: Math.ceil(list.length / STORM_PER_ADDRESS) }, () => `127.0.${100 + stageIndex}.${next++}`)
+    return { users: list, addresses }
+  })
+  if (next > 255) throw new Error(`the storm needs ${next - 1} source addresses, more than 254`)
+  return { workers: shares.length, shares, addressCount: next - 1 }
 }
 
 /**
@@ -505,7 +519,7 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
     const urls = servers.map((s) => s.baseUrl)
     say(`${servers.length} instances ready`)
 
-    const layout = stormPlan(stage)
+    const layout = stormPlan(stage, stageIndex)
     const sdk = opts.gatewayRuntime === 'ts' ? path.join(ROOT, 'client/index.ts') : path.join(path.dirname(path.dirname(opts.gatewayScript ?? GATEWAY_SCRIPT)), 'client/index.js')
     const execArgv = opts.gatewayRuntime === 'ts' ? ['--import=@tapjs/typescript/import'] : []
     // --prof: the client processes too (their profile is written when stopAll disconnects them).
@@ -518,11 +532,14 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
     }
     publisher = forkWorker(path.join(BENCH, 'publisher.mjs'), [], baseEnv())
     track(publisher.child)
-    const callAll = (message, timeoutMs) => Promise.all(workers.map((w) => w.rpc.call(message, timeoutMs)))
+    // A client process that does not answer is named, with what it wrote to stderr.
+    const callAll = (message, timeoutMs) => Promise.all(workers.map((w, k) => w.rpc.call(message, timeoutMs).catch((err) => {
+      throw new Error(`client process ${k + 1} of ${workers.length}: ${err.message}; stderr: ${w.stderr().slice(-2000)}`)
+    })))
 
     const started = now()
     const connects = await Promise.all(workers.map((w, k) => w.rpc.call({
-      cmd: 'connect', urls, users: layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
+      cmd: 'connect', urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
     }, 30 * 60000)))
     const connected = sum(connects, (c) => c.ok)
     result.connect = { attempted: stage.connections, connected, seconds: (now() - started) / 1000, errors: Object.assign({}, ...connects.map((c) => c.errors)) }
@@ -589,6 +606,8 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       statuses: sent.statuses,
       lost: accepted.size,
       duplicates: sum(stats, (s) => s.duplicates),
+      // Worst unmoved latency (ms) per 250 ms since SIGTERM.
+      unmovedTimeline: Array.from({ length: maxOf(stats, (s) => s.timeline.length) }, (_, i) => maxOf(stats, (s) => s.timeline[i] ?? 0)),
       latencyMs: { before: latency('before'), unmoved: latency('unmoved'), moved: latency('moved'), after: latency('after'), unmovedFromTs: latency('unmovedFromTs') },
       publisherLatenessMs: Histogram.fromJSON(sent.lateness).summary(),
       serverCpuPercentOfCore: cpuDelta(before, after) / (stormMs * 1000) * 100,
@@ -603,6 +622,14 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
     }
     say(`lost ${accepted.size} of ${sent.accepted.length} accepted; unmoved p99 ${result.storm.latencyMs.unmoved.p99.toFixed(1)} ms during the storm`)
     result.serversAlive = servers.every((s, k) => k === victim || s.alive())
+    // What the instances logged at warn and above (LOG_LEVEL=warn): by message.
+    result.storm.serverLogs = {}
+    for (const server of servers) {
+      for (const line of server.output().split('\n')) {
+        const msg = /"msg":"([^"]*)"/.exec(line)?.[1]
+        if (msg !== undefined) result.storm.serverLogs[msg] = (result.storm.serverLogs[msg] ?? 0) + 1
+      }
+    }
   } finally {
     await stopAll(workers, publisher, servers, redis)
   }

@@ -4,13 +4,10 @@
  * backoff within the attempt limit, resume from the stored positions,
  * duplicates dropped), over `ws`. Driven over IPC by run.mjs.
  *
- * Unlike client-worker.mjs, sockets are not bound to a source address:
- * bind() before connect() makes the kernel search a free port among every
- * socket bound to that address, and in a storm that search stalled these
- * processes for seconds (measured: 6.3 s event-loop stall, 108 % of a core
- * for the two client processes; 1.7 s and 54 % without). connect() alone
- * picks a port per destination, and 127.0.0.1 to one instance has room for
- * the ~28,000 ports of the ephemeral range.
+ * Each socket is bound to one of this process's source addresses, at most
+ * 1,000 users on each (run.mjs's STORM_PER_ADDRESS): the kernel searches a
+ * free port for a connect among the sockets of its address, and with 5,000
+ * per address that search stalled these processes for seconds in a storm.
  *
  * A deploy takes one instance out of rotation and SIGTERMs it: `storm` tells
  * this process which instance left, as a load balancer would stop routing to
@@ -46,10 +43,12 @@ function route (url) {
   return parsed.toString()
 }
 
-/** The WebSocket class the SDK is given: `ws`, routed. */
-class RoutedSocket extends WebSocket {
-  constructor (url) {
-    super(route(url), { perMessageDeflate: false })
+/** A WebSocket class for the SDK: `ws`, from one source address, routed. */
+function socketClass (localAddress) {
+  return class RoutedSocket extends WebSocket {
+    constructor (url) {
+      super(route(url), { localAddress, perMessageDeflate: false })
+    }
   }
 }
 
@@ -61,6 +60,8 @@ let duplicates = 0
 let stormAt = null
 let stormOver = false
 const latency = { before: new Histogram(), unmoved: new Histogram(), moved: new Histogram(), after: new Histogram(), unmovedFromTs: new Histogram() }
+/** Worst unmoved latency per 250 ms of the storm (index: time since SIGTERM), to see when a spike happened. */
+const timeline = []
 const errors = {}
 const loop = monitorEventLoopDelay({ resolution: 10 })
 loop.enable()
@@ -79,6 +80,8 @@ function onAlert (user, alert) {
   else if (user.moved) latency.moved.record(t - due)
   else {
     latency.unmoved.record(t - due)
+    const slot = Math.floor((t - stormAt) / 250)
+    if (slot >= 0) timeline[slot] = Math.max(timeline[slot] ?? 0, Math.round(t - due))
     // From the alert's `ts` (set when the server took the POST): the part
     // after the publish request was handled.
     latency.unmovedFromTs.record(wallNow() - alert.ts)
@@ -92,7 +95,7 @@ function onResumed (user, result) {
 }
 
 /** Starts one user's client; resolves at its first welcome, or false at the timeout. */
-function start (userId, url, timeoutMs) {
+function start (userId, url, SocketClass, timeoutMs) {
   const user = { client: null, host: new URL(url).host, moved: false, resumedMs: null, recovered: null }
   users.push(user)
   const started = now()
@@ -101,7 +104,7 @@ function start (userId, url, timeoutMs) {
     user.client = sdk.connect({
       url,
       getToken: () => userToken(userId),
-      WebSocket: RoutedSocket,
+      WebSocket: SocketClass,
       onAlert: (alert) => onAlert(user, alert),
       onResumed: (result) => onResumed(user, result),
       onError: (error) => { errors[error.kind] = (errors[error.kind] ?? 0) + 1 },
@@ -117,16 +120,17 @@ function start (userId, url, timeoutMs) {
   })
 }
 
-/** Connects `users` (numbers: user `u<i>` on instance i mod K). */
-async function connect ({ urls, users: ids, concurrency, timeoutMs }) {
+/** Connects `users` (numbers: user `u<i>` on instance i mod K), spread over `addresses`. */
+async function connect ({ urls, users: ids, addresses, concurrency, timeoutMs }) {
   rotation = urls.map((u) => new URL(u).host)
+  const classes = addresses.map(socketClass)
   const handshake = new Histogram()
   const failures = {}
   let ok = 0
   await inLanes(ids.length, concurrency, (k) => {
     const i = ids[k]
     const url = `${urls[i % urls.length].replace(/^http/, 'ws')}/ws`
-    return start(`u${i}`, url, timeoutMs)
+    return start(`u${i}`, url, classes[k % classes.length], timeoutMs)
   }, (r) => {
     if (r.ok) {
       ok++
@@ -193,6 +197,7 @@ serve({
     duplicates,
     errors,
     closeCodes,
+    timeline: Array.from(timeline, (v) => v ?? 0),
     latency: Object.fromEntries(Object.entries(latency).map(([k, h]) => [k, h.toJSON()]))
   }),
   /** The numbers of the alerts received, for the loss count. */

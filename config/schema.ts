@@ -60,7 +60,7 @@ export const EnvSchema = Type.Object({
   SEND_BUFFER_MAX_BYTES: Type.Integer({ default: 1024 * 1024, minimum: 1024 }),
   HANDSHAKE_TIMEOUT_MS: Millis(10000, 100),
   MAX_PENDING_HANDSHAKES: Type.Integer({ default: 1000, minimum: 1 }),
-  HANDSHAKE_CONCURRENCY: Type.Integer({ default: 64, minimum: 1 }),
+  HANDSHAKE_CONCURRENCY: Type.Integer({ default: 16, minimum: 1 }),
   IP_SLOT_TTL_MS: Millis(90000, 1000),
   REST_RATE_LIMIT_PER_MINUTE: Type.Integer({ default: 600, minimum: 1 }),
   PUBLISH_RATE_LIMIT_PER_MINUTE: Type.Integer({ default: 60000, minimum: 1 }),
