@@ -84,8 +84,9 @@ function random (seed) {
 }
 
 /**
- * `track`: also answer the numbers of the alerts answered 202, so the
- * caller can count the accepted alerts no client received.
+ * `track`: also answer the numbers of the alerts answered 202 and their
+ * users (`accepted`, `acceptedUsers`), so the caller can count the accepted
+ * alerts no client received.
  */
 async function single ({ urls, token, rate, seconds, users, userBase = 0, seed, track = false }) {
   const total = Math.round(rate * seconds)
@@ -95,6 +96,7 @@ async function single ({ urls, token, rate, seconds, users, userBase = 0, seed, 
   const lateness = new Histogram()
   const inFlight = new Set()
   const accepted = []
+  const acceptedUsers = []
   const start = now() + 20
   let k = 0
   await new Promise((resolve) => {
@@ -103,13 +105,17 @@ async function single ({ urls, token, rate, seconds, users, userBase = 0, seed, 
       while (k < total && start + k * period <= t) {
         const due = start + k * period
         lateness.record(t - due)
-        const userId = `u${userBase + Math.floor(pick() * users)}`
+        const user = userBase + Math.floor(pick() * users)
+        const userId = `u${user}`
         const n = k
         const sent = post(urls[k % urls.length], token, {
           target: { userId }, severity: 'warning', title: 'bench single', data: { bench_s: due, n }
         }).then((status) => {
           tally(statuses, status)
-          if (track && status === '202') accepted.push(n)
+          if (track && status === '202') {
+            accepted.push(n)
+            acceptedUsers.push(user)
+          }
           inFlight.delete(sent)
         })
         inFlight.add(sent)
@@ -122,7 +128,7 @@ async function single ({ urls, token, rate, seconds, users, userBase = 0, seed, 
   })
   const sentAt = now()
   await Promise.all(inFlight)
-  return { sent: total, durationMs: sentAt - start, lastAckAt: now(), statuses, lateness: lateness.toJSON(), ...(track ? { accepted } : {}) }
+  return { sent: total, durationMs: sentAt - start, lastAckAt: now(), statuses, lateness: lateness.toJSON(), ...(track ? { accepted, acceptedUsers } : {}) }
 }
 
 serve({ broadcast, single })

@@ -592,6 +592,11 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
     }
     const numbers = await callAll({ cmd: 'receivedNumbers' })
     for (const { numbers: list } of numbers) for (const n of list) accepted.delete(n)
+    // Not received: lost if its user has a session now; else it waits in
+    // history for the user's next connect.
+    const away = new Set(numbers.flatMap((r) => r.notOpen))
+    const userOf = new Map(sent.accepted.map((n, j) => [n, sent.acceptedUsers[j]]))
+    const waiting = [...accepted].filter((n) => away.has(userOf.get(n))).length
     const latency = (key) => stats.reduce((h, s) => h.merge(Histogram.fromJSON(s.latency[key])), new Histogram()).summary()
     result.storm = {
       moved,
@@ -604,7 +609,9 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       sent: sent.sent,
       accepted: sent.accepted.length,
       statuses: sent.statuses,
-      lost: accepted.size,
+      lost: accepted.size - waiting,
+      waitingForUser: waiting,
+      usersWithoutSession: away.size,
       duplicates: sum(stats, (s) => s.duplicates),
       // Worst unmoved latency (ms) per 250 ms since SIGTERM.
       unmovedTimeline: Array.from({ length: maxOf(stats, (s) => s.timeline.length) }, (_, i) => maxOf(stats, (s) => s.timeline[i] ?? 0)),
@@ -620,7 +627,7 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       clientErrors: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.errors)) all[k] = (all[k] ?? 0) + v; return all }, {}),
       clientCloseCodes: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.closeCodes)) all[k] = (all[k] ?? 0) + v; return all }, {})
     }
-    say(`lost ${accepted.size} of ${sent.accepted.length} accepted; unmoved p99 ${result.storm.latencyMs.unmoved.p99.toFixed(1)} ms during the storm`)
+    say(`lost ${accepted.size - waiting} of ${sent.accepted.length} accepted (${waiting} more wait for users not reconnected); unmoved p99 ${result.storm.latencyMs.unmoved.p99.toFixed(1)} ms during the storm`)
     result.serversAlive = servers.every((s, k) => k === victim || s.alive())
     // What the instances logged at warn and above (LOG_LEVEL=warn): by message.
     result.storm.serverLogs = {}
@@ -741,6 +748,7 @@ function stormTable (r) {
       ['moved clients resumed, not recovered', `${fmt(st.resumed, 0)}, ${fmt(st.unrecovered, 0)}`, `all, 0: ${check(st.moved === st.resumed && st.unrecovered === 0)}`],
       ['time from SIGTERM to resumed, p50 / p99 / max (s)', `${fmt(st.resumeMs.p50 / 1000, 2)} / ${fmt(st.resumeMs.p99 / 1000, 2)} / ${fmt(st.slowestResumeMs / 1000, 2)}`, `max <= 15 s: ${check(resumeMs <= 15000)}`],
       ['alerts accepted, lost, duplicates', `${fmt(st.accepted, 0)}, ${fmt(st.lost, 0)}, ${fmt(st.duplicates, 0)}`, `0 lost: ${check(st.lost === 0)}`],
+      ['alerts not delivered yet: their user has no session at the end (they wait in history)', `${fmt(st.waitingForUser, 0)} (${fmt(st.usersWithoutSession, 0)} users)`, ''],
       ['all clients\' latency before the storm, p50 / p99 / max (ms)', latencyCell(st.latencyMs.before), ''],
       ['unmoved clients\' latency during the storm, p50 / p99 / max (ms)', latencyCell(st.latencyMs.unmoved), `p99 <= 100 ms: ${check(st.latencyMs.unmoved.p99 <= 100)}`],
       ['moved clients\' latency during the storm, replays included, p50 / p99 / max (ms)', latencyCell(st.latencyMs.moved), ''],

@@ -96,7 +96,7 @@ function onResumed (user, result) {
 
 /** Starts one user's client; resolves at its first welcome, or false at the timeout. */
 function start (userId, url, SocketClass, timeoutMs) {
-  const user = { client: null, host: new URL(url).host, moved: false, resumedMs: null, recovered: null }
+  const user = { id: userId, client: null, host: new URL(url).host, moved: false, resumedMs: null, recovered: null }
   users.push(user)
   const started = now()
   return new Promise((resolve) => {
@@ -200,8 +200,11 @@ serve({
     timeline: Array.from(timeline, (v) => v ?? 0),
     latency: Object.fromEntries(Object.entries(latency).map(([k, h]) => [k, h.toJSON()]))
   }),
-  /** The numbers of the alerts received, for the loss count. */
-  receivedNumbers: async () => ({ numbers: [...received] }),
+  /** The numbers of the alerts received, and the users without an open session, for the loss count. */
+  receivedNumbers: async () => ({
+    numbers: [...received],
+    notOpen: users.filter((u) => u.client.state !== 'open').map((u) => Number(u.id.slice(1)))
+  }),
   reset: async () => {
     received = new Set()
     duplicates = 0

@@ -24,6 +24,7 @@ interface StormResult {
   sent: number
   accepted: number
   lost: number
+  waitingForUser: number
   duplicates: number
   latencyMs: { unmoved: { count: number } }
 }
@@ -81,6 +82,7 @@ t.test('the short bench runs end to end with tiny numbers and prints the ratio t
   t.equal(storm.unrecovered, 0, 'every resume recovered what was missed')
   t.equal(storm.accepted, storm.sent, 'every alert was accepted')
   t.equal(storm.lost, 0, 'no accepted alert was lost')
+  t.equal(storm.waitingForUser, 0, 'none waits for a user that did not come back')
   t.equal(storm.duplicates, 0, 'none arrived twice')
   t.ok(storm.latencyMs.unmoved.count > 0, 'the unmoved clients\' latency during the storm was measured')
 })
