@@ -94,7 +94,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     claims.release(reservation.userId)
   }
 
-  const gate = new HandshakeGate(config.limits.handshakeConcurrency)
+  const gate = new HandshakeGate(config.limits.handshakeConcurrency, (waiting) => { metrics.handshakesWaiting.set(waiting) })
 
   function ungate (state: UpgradeState): void {
     if (!state.gated) return

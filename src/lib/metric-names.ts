@@ -13,7 +13,8 @@ export const MetricName = {
   RESUME: 'ws_resume_total',
   HISTORY_REPLAYED: 'ws_history_replayed_total',
   BUS_CATCHUP: 'ws_bus_catchup_total',
-  BUS_PROBE_FAILURES: 'ws_bus_probe_failures_total'
+  BUS_PROBE_FAILURES: 'ws_bus_probe_failures_total',
+  HANDSHAKES_WAITING: 'ws_handshakes_waiting'
 } as const
 
 /** `target` label of ws_alerts_published_total. */

@@ -13,6 +13,8 @@ export interface GatewayMetrics {
   messagesRejected: Counter<'reason'>
   connectionDuration: Histogram
   busConnected: Gauge
+  /** Upgrades waiting for their turn (HANDSHAKE_CONCURRENCY). */
+  handshakesWaiting: Gauge
   connectionSpike: Gauge
   alertsPublished: Counter<'target'>
   idempotentReplays: Counter
@@ -72,6 +74,7 @@ export function createMetrics (defaultMetrics: boolean): GatewayMetrics {
     historyReplayed: new Counter({ name: MetricName.HISTORY_REPLAYED, help: 'Alerts replayed from history to resuming sessions', registers }),
     busCatchups,
     busProbeFailures: new Counter({ name: MetricName.BUS_PROBE_FAILURES, help: 'Bus probes not received back in time', registers }),
+    handshakesWaiting: new Gauge({ name: MetricName.HANDSHAKES_WAITING, help: 'Upgrades waiting for their turn to do their work (HANDSHAKE_CONCURRENCY at a time)', registers }),
     connection (result) { connectionsTotal.inc({ result }) },
     rejected (reason) { messagesRejected.inc({ reason }) }
   }

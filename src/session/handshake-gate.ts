@@ -13,14 +13,17 @@
  */
 export class HandshakeGate {
   readonly #limit: number
+  readonly #onWaiting: (waiting: number) => void
   #active = 0
   /** Waiting turns, oldest first; `#head` is the next to go. */
   #queue: Array<() => void> = []
   #head = 0
 
-  constructor (limit: number) {
+  /** `onWaiting` is told the number waiting each time it changes (a gauge). */
+  constructor (limit: number, onWaiting: (waiting: number) => void = () => {}) {
     if (!Number.isInteger(limit) || limit < 1) throw new RangeError('HandshakeGate: limit must be a positive integer')
     this.#limit = limit
+    this.#onWaiting = onWaiting
   }
 
   /** Handshakes doing their work now. */
@@ -42,7 +45,10 @@ export class HandshakeGate {
       this.#active++
       return null
     }
-    return new Promise((resolve) => { this.#queue.push(resolve) })
+    return new Promise((resolve) => {
+      this.#queue.push(resolve)
+      this.#onWaiting(this.waiting)
+    })
   }
 
   /** Gives a turn back: to the oldest waiting handshake, if any. */
@@ -58,6 +64,7 @@ export class HandshakeGate {
         this.#queue = this.#queue.slice(this.#head)
         this.#head = 0
       }
+      this.#onWaiting(this.waiting)
       // The turn passes on: `#active` stays.
       next()
       return

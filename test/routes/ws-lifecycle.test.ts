@@ -493,11 +493,14 @@ t.test('with Redis', async (t) => {
     const waiter = newUser()
     const third = TestClient.connect(wsUrl, { token: userToken(waiter) })
     await waitUntil(() => app.lifecycle.pendingHandshakes === 3, 5000, 'the third upgrade to be pending')
+    const waiting = async (): Promise<number | undefined> => (await app.metrics.handshakesWaiting.get()).values[0]?.value
+    t.equal(await waiting(), 2, 'ws_handshakes_waiting counts both')
     leaving.resetAndDestroy()
     await waitUntil(() => app.lifecycle.pendingHandshakes === 2, 5000, 'the server to see the reset')
     await stuck.release()
     const { client } = await third
     t.same(await client.pingPong('x'), { type: 'pong', id: 'x' }, 'the waiting upgrade was served once the turn came back')
+    t.equal(await waiting(), 0, 'and none waits any more')
     // The attempt counter is the first write of a handshake: the upgrade
     // that left while it waited never got that far.
     const counted = await admin.keys(`${prefix}rl:*`)

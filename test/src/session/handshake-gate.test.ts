@@ -2,7 +2,8 @@ import t from 'tap'
 import { HandshakeGate } from '../../../src/session/handshake-gate.js'
 
 t.test('turns are free up to the limit, then taken oldest first as they are given back', async (t) => {
-  const gate = new HandshakeGate(2)
+  const told: number[] = []
+  const gate = new HandshakeGate(2, (waiting) => { told.push(waiting) })
   t.equal(gate.enter(), null)
   t.equal(gate.enter(), null)
   t.equal(gate.active, 2)
@@ -22,6 +23,7 @@ t.test('turns are free up to the limit, then taken oldest first as they are give
   gate.leave()
   t.equal(gate.active, 0, 'every turn given back')
   t.equal(gate.enter(), null, 'and free again')
+  t.same(told, [1, 2, 3, 2, 1, 0], 'the number waiting is told each time it changes, and only then')
 })
 
 t.test('a long queue keeps its order while the part already served is dropped', async (t) => {
