@@ -8,7 +8,7 @@ import type { SessionRegistry } from './session-registry.js'
  * reconnects to another instance and resumes there: closed all at once, a
  * large instance's clients land on the others together, and for seconds the
  * alerts of the clients already there wait behind their handshakes. Spread
- * at this rate (over at most half the shutdown deadline), a few hundred
+ * at this rate (over at most half the shutdown deadline), a few dozen
  * sessions still close at once and 5,000 over 5 s.
  */
 export const DRAIN_CLOSES_PER_SECOND = 1000
