@@ -11,7 +11,7 @@ import { now, wallNow } from './lib/clock.mjs'
 import WebSocket from 'ws'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
-import { inLanes } from './lib/processes.mjs'
+import { connectInLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
 
 const TS_KEY = Buffer.from('"ts":')
@@ -131,23 +131,13 @@ function open (system, base, userId, localAddress, timeoutMs) {
 }
 
 async function connect ({ system, urls, from, count, addresses, concurrency, timeoutMs }) {
-  const handshake = new Histogram()
-  const errors = {}
-  let ok = 0
   const started = now()
-  await inLanes(count, concurrency, (k) => {
+  const result = await connectInLanes(count, concurrency, (k) => {
     const i = from + k
     const localAddress = addresses.length === 0 ? undefined : addresses[k % addresses.length]
     return open(system, urls[i % urls.length], `u${i}`, localAddress, timeoutMs)
-  }, (r) => {
-    if (r.ok) {
-      ok++
-      handshake.record(r.ms)
-    } else {
-      errors[r.error] = (errors[r.error] ?? 0) + 1
-    }
   })
-  return { ok, failed: count - ok, errors, ms: now() - started, startedAt: started, handshake: handshake.toJSON() }
+  return { ...result, ms: now() - started, startedAt: started }
 }
 
 function stats () {

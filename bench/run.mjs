@@ -30,7 +30,7 @@ import { fileURLToPath } from 'node:url'
 import { Histogram } from './lib/histogram.mjs'
 import { forkWorker } from './lib/ipc.mjs'
 import { GATEWAY_SCRIPT, HISTORY_OFF, ROOT, baseEnv, ensureBuilt, gatewayCommit, gatewayEnv, serverEnv } from './lib/gateway.mjs'
-import { freePort, sleep, spawned, startRedis, startServer } from './lib/processes.mjs'
+import { freePort, sleep, spawned, startRedis, startServer, sumCounts } from './lib/processes.mjs'
 import { serviceToken } from './lib/tokens.mjs'
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url))
@@ -347,8 +347,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
     const afterConnect = await statsAll(servers)
     const redisAfter = redis.cpuUs()
     const connected = sum(connects, (c) => c.ok)
-    const errors = {}
-    for (const c of connects) for (const [k, v] of Object.entries(c.errors)) errors[k] = (errors[k] ?? 0) + v
+    const errors = sumCounts(connects.map((c) => c.errors))
     result.connect = {
       attempted: stage.connections,
       connected,
@@ -465,8 +464,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
 
     const final = await callAll({ cmd: 'stats' })
     result.unexpectedCloses = sum(final, (s) => s.unexpectedClosed)
-    result.unexpectedCloseCodes = {}
-    for (const s of final) for (const [k, v] of Object.entries(s.closeCodes)) result.unexpectedCloseCodes[k] = (result.unexpectedCloseCodes[k] ?? 0) + v
+    result.unexpectedCloseCodes = sumCounts(final.map((s) => s.closeCodes))
     if (result.unexpectedCloses > 0) say(`unexpected closes by code: ${JSON.stringify(result.unexpectedCloseCodes)}`)
     result.serversAlive = servers.every((s) => s.alive())
   } finally {
@@ -542,7 +540,7 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       cmd: 'connect', urls, ...layout.shares[k], concurrency: stage.concurrency, timeoutMs: stage.connectTimeoutMs
     }, 30 * 60000)))
     const connected = sum(connects, (c) => c.ok)
-    result.connect = { attempted: stage.connections, connected, seconds: (now() - started) / 1000, errors: Object.assign({}, ...connects.map((c) => c.errors)) }
+    result.connect = { attempted: stage.connections, connected, seconds: (now() - started) / 1000, errors: sumCounts(connects.map((c) => c.errors)) }
     say(`${connected}/${stage.connections} connected through the SDK in ${result.connect.seconds.toFixed(1)} s`)
     if (connected !== stage.connections) throw new Error(`only ${connected} of ${stage.connections} connected: ${JSON.stringify(result.connect.errors)}`)
 
@@ -624,8 +622,8 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       clientCpuPercentOfCore: (sum(clientCpuAfter, (c) => c.cpuUs) - sum(clientCpuBefore, (c) => c.cpuUs)) / (stormMs * 1000) * 100,
       clientLoopMaxMs: maxOf(clientCpuAfter, (c) => c.loopMaxMs),
       upgradeResults: results,
-      clientErrors: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.errors)) all[k] = (all[k] ?? 0) + v; return all }, {}),
-      clientCloseCodes: stats.reduce((all, s) => { for (const [k, v] of Object.entries(s.closeCodes)) all[k] = (all[k] ?? 0) + v; return all }, {})
+      clientErrors: sumCounts(stats.map((s) => s.errors)),
+      clientCloseCodes: sumCounts(stats.map((s) => s.closeCodes))
     }
     say(`lost ${accepted.size - waiting} of ${sent.accepted.length} accepted (${waiting} more wait for users not reconnected); unmoved p99 ${result.storm.latencyMs.unmoved.p99.toFixed(1)} ms during the storm`)
     result.serversAlive = servers.every((s, k) => k === victim || s.alive())

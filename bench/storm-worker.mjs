@@ -24,7 +24,7 @@ import WebSocket from 'ws'
 import { now, wallNow } from './lib/clock.mjs'
 import { Histogram } from './lib/histogram.mjs'
 import { serve } from './lib/ipc.mjs'
-import { inLanes } from './lib/processes.mjs'
+import { connectInLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
 
 // client/index.js of the bench's build, or client/index.ts under tap's loader (smoke).
@@ -124,22 +124,11 @@ function start (userId, url, SocketClass, timeoutMs) {
 async function connect ({ urls, users: ids, addresses, concurrency, timeoutMs }) {
   rotation = urls.map((u) => new URL(u).host)
   const classes = addresses.map(socketClass)
-  const handshake = new Histogram()
-  const failures = {}
-  let ok = 0
-  await inLanes(ids.length, concurrency, (k) => {
+  return connectInLanes(ids.length, concurrency, (k) => {
     const i = ids[k]
     const url = `${urls[i % urls.length].replace(/^http/, 'ws')}/ws`
     return start(`u${i}`, url, classes[k % classes.length], timeoutMs)
-  }, (r) => {
-    if (r.ok) {
-      ok++
-      handshake.record(r.ms)
-    } else {
-      failures[r.error] = (failures[r.error] ?? 0) + 1
-    }
   })
-  return { ok, failed: ids.length - ok, errors: failures, handshake: handshake.toJSON() }
 }
 
 /** The instance `url` leaves the rotation now; its users are the moved ones. */

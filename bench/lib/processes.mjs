@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs'
 import http from 'node:http'
 import { connect, createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
+import { Histogram } from './histogram.mjs'
 import { Rpc } from './ipc.mjs'
 
 const PROBE = fileURLToPath(new URL('../probe.mjs', import.meta.url))
@@ -210,4 +211,31 @@ export function postAlert (baseUrl, agent, token, body) {
     req.on('error', reject)
     req.end(body)
   })
+}
+
+/**
+ * Opens `count` connections with `open(k)` (resolving to `{ ok, ms }` or
+ * `{ ok: false, error }`), at most `concurrency` at a time: how many
+ * succeeded, the failures by error, the handshake times.
+ */
+export async function connectInLanes (count, concurrency, open) {
+  const handshake = new Histogram()
+  const errors = {}
+  let ok = 0
+  await inLanes(count, concurrency, open, (r) => {
+    if (r.ok) {
+      ok++
+      handshake.record(r.ms)
+    } else {
+      errors[r.error] = (errors[r.error] ?? 0) + 1
+    }
+  })
+  return { ok, failed: count - ok, errors, handshake: handshake.toJSON() }
+}
+
+/** Sums objects of counts by key (`{ '1006': 2 }` and `{ '1006': 1 }` give `{ '1006': 3 }`). */
+export function sumCounts (list) {
+  const total = {}
+  for (const counts of list) for (const [key, n] of Object.entries(counts)) total[key] = (total[key] ?? 0) + n
+  return total
 }
