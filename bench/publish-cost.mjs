@@ -9,7 +9,8 @@
  *
  *   node bench/publish-cost.mjs [--mode=open|closed] [--target=user|all|users]
  *     [--users=1000] [--systems=ws,nohist,gateway] [--rounds=3] [--count=N] [--rate=R]
- *     [--script=FILE] [--build|--no-build] [--limit-minutes=5] [--out=FILE]
+ *     [--script=FILE] [--build|--no-build] [--limit-minutes=5] [--out=FILE] [--prof=DIR]
+ *     [--baseline=FILE]
  *
  * - closed: 8 keep-alive connections, each POSTing as soon as the previous
  *   answer came: concurrent requests share event-loop turns and Redis writes.
@@ -49,11 +50,16 @@ const rounds = Number(arg('rounds', 3))
 const limitMinutes = Number(arg('limit-minutes', 5))
 const systems = arg('systems', many ? 'nohist,gateway' : 'ws,nohist,gateway').split(',')
 const script = path.resolve(arg('script', GATEWAY_SCRIPT))
+/** `--baseline=FILE`: another compiled gateway (an older commit), measured as system `baseline` in the same rounds. */
+const baseline = arg('baseline') === undefined ? undefined : path.resolve(arg('baseline'))
+/** `--prof=DIR`: a V8 CPU profile of every server, written when it stops (warm-up included). */
+const profDir = arg('prof') === undefined ? undefined : path.resolve(arg('prof'))
 if (!['open', 'closed'].includes(mode)) throw new Error('--mode is open or closed')
 if (!['user', 'all', 'users'].includes(target)) throw new Error('--target is user, all or users')
 if (many && systems.includes('ws')) throw new Error('--target=users: the bare ws reference has no userIds')
-const LABELS = { ws: 'ws (bare)', nohist: 'gateway, history off', gateway: 'gateway' }
+const LABELS = { ws: 'ws (bare)', nohist: 'gateway, history off', baseline: 'gateway, baseline build', gateway: 'gateway' }
 for (const s of systems) if (!(s in LABELS)) throw new Error(`unknown system ${s}`)
+if (systems.includes('baseline') !== (baseline !== undefined)) throw new Error('system baseline goes with --baseline=FILE')
 
 const log = (line) => process.stderr.write(`[publish-cost] ${line}\n`)
 stopOnExit(limitMinutes, log)
@@ -83,9 +89,10 @@ async function openLoop (system, n, perSecond) {
 async function startSystem (name) {
   const redis = await startRedis()
   const port = await freePort()
+  const nodeArgs = profDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${name}-${port}.cpuprofile`]
   const server = name === 'ws'
-    ? await startServer({ name, script: path.join(BENCH, 'references/ws-server.mjs'), port, cwd: ROOT, env: { ...serverEnv({ port, redisUrl: redis.url }), BENCH_EXIT_ON_SIGTERM: '1' } })
-    : await startServer({ name, script, port, cwd: ROOT, graceMs: 3000, env: gatewayEnv({ port, redisUrl: redis.url, extra: name === 'nohist' ? HISTORY_OFF : {} }) })
+    ? await startServer({ name, nodeArgs, script: path.join(BENCH, 'references/ws-server.mjs'), port, cwd: ROOT, graceMs: profDir === undefined ? 0 : 5000, env: { ...serverEnv({ port, redisUrl: redis.url }), BENCH_EXIT_ON_SIGTERM: '1' } })
+    : await startServer({ name, nodeArgs, script: name === 'baseline' ? baseline : script, port, cwd: ROOT, graceMs: profDir === undefined ? 3000 : 10000, env: gatewayEnv({ port, redisUrl: redis.url, extra: name === 'nohist' ? HISTORY_OFF : {} }) })
   return { name, redis, server, agent: new http.Agent({ keepAlive: true, maxSockets: 8 }) }
 }
 
@@ -104,6 +111,7 @@ async function measure (system) {
 
 const started = []
 try {
+  if (profDir !== undefined) mkdirSync(profDir, { recursive: true })
   if (systems.some((s) => s !== 'ws')) ensureBuilt(flag('build') ? 'always' : flag('no-build') ? 'never' : 'auto', log)
   const meta = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100), gatewayCommit: gatewayCommit(), mode, target, count, rate, rounds, systems }
   process.stdout.write(`publish-cost ${meta.date}: ${meta.cpus} x ${meta.cpuModel}, node ${meta.node}, load ${meta.loadAverageAtStart.join(' ')}; gateway ${meta.gatewayCommit}\n`)
@@ -150,6 +158,9 @@ try {
   }
   if (summary.gateway !== undefined && summary.ws !== undefined) {
     lines.push(`gateway / bare ws per POST: ${(summary.gateway.serverUs / summary.ws.serverUs).toFixed(2)}x server CPU`)
+  }
+  if (summary.gateway !== undefined && summary.baseline !== undefined) {
+    lines.push(`gateway / baseline build per POST: ${(summary.gateway.serverUs / summary.baseline.serverUs).toFixed(2)}x server CPU, ${(summary.gateway.redisUs / summary.baseline.redisUs).toFixed(2)}x Redis CPU`)
   }
   meta.loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100)
   process.stdout.write(`\n${lines.join('\n')}\n\nload average at end: ${meta.loadAverageAtEnd.join(' ')}\n`)
