@@ -57,8 +57,9 @@ export function extractToken (request: FastifyRequest): string | undefined {
  * Decorates `fastify.verifyToken` (verifies a JWT string with @fastify/jwt
  * against the configured secret, PEM public key or JWKS endpoint: pinned algorithms,
  * `sub` and `exp` required, `iss`/`aud` when configured),
- * `fastify.authenticateUser` and `fastify.authenticateService` (onRequest
- * hooks answering 401/403 before any upgrade) and `fastify.checkOrigin`.
+ * `fastify.authenticateUser` (an onRequest hook answering 401/403),
+ * `fastify.verifyService` with `fastify.checkRevoked` (POST /alerts runs the
+ * revocation check beside its rate limit) and `fastify.checkOrigin`.
  */
 async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   const { jwt, allowedOrigins } = opts
@@ -171,8 +172,8 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     await authenticate(request)
   })
 
-  fastify.decorate('authenticateService', async function authenticateService (request: FastifyRequest) {
-    const claims = await authenticate(request)
+  fastify.decorate('verifyService', async function verifyService (request: FastifyRequest) {
+    const claims = await verifyFrom(request, bearerToken(request))
     if (!hasScope(claims, PUBLISH_SCOPE)) throw new ScopeMissingError(PUBLISH_SCOPE)
   })
 }
@@ -187,7 +188,11 @@ declare module 'fastify' {
     checkRevoked: (claims: TokenClaims) => Promise<void>
     checkOrigin: (request: FastifyRequest) => void
     authenticateUser: (request: FastifyRequest) => Promise<void>
-    authenticateService: (request: FastifyRequest) => Promise<void>
+    /**
+     * POST /alerts, before its revocation check: the Bearer token verified
+     * (401) and holding the publish scope (403), set as `request.user`.
+     */
+    verifyService: (request: FastifyRequest) => Promise<void>
   }
 }
 

@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import type { GatewayConfig } from '../config/index.js'
+import type { TokenClaims } from '../src/lib/token-claims.js'
 import { addressKey } from '../src/lib/client-address.js'
 import { BusUnavailableError, IpLimitError } from '../src/lib/errors.js'
 import { MemoryIpSlots, RedisIpSlots, type IpSlots } from '../src/cluster/ip-slots.js'
@@ -29,12 +30,14 @@ export interface Limits {
    */
   rest: (check: RequestCheck) => onRequestAsyncHookHandler
   /**
-   * An onRequest hook for POST /alerts: `check` authenticates the publisher;
-   * a valid one is limited by its identity (`request.user.sub`), a request
-   * refused for its token (401/403) by the per-address limit. Either way a
-   * limited client's body is never read.
+   * An onRequest hook for POST /alerts: `verify` authenticates the publisher
+   * (its token and scope); a valid one is limited by its identity
+   * (`request.user.sub`), and its revocation read and its count leave in one
+   * Redis write. A request refused for its token (401/403, revoked included)
+   * is counted by the per-address limit. Either way a limited client's body
+   * is never read.
    */
-  publish: (check: RequestCheck) => onRequestAsyncHookHandler
+  publish: (verify: RequestCheck, revocation: (claims: TokenClaims) => Promise<unknown>) => onRequestAsyncHookHandler
   /** Takes a per-address connection slot; resolves to its release function. */
   acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<() => void>
 }
@@ -104,6 +107,12 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
     keyGenerator: (request) => `pub:${request.user.sub}`
   })
 
+  /** A request refused for its token counts on its address (429 past the limit). */
+  async function countRefusal (request: FastifyRequest, reply: FastifyReply, err: unknown): Promise<void> {
+    const status = (err as { statusCode?: number }).statusCode
+    if (status === 401 || status === 403) await restLimit.call(fastify, request, reply)
+  }
+
   const decorated: Limits = {
     connectAttempt: async (request, reply) => { await attempts.call(fastify, request, reply) },
     rest: (check) => async function limitedRequest (request, reply) {
@@ -111,15 +120,19 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
       if (limit.status === 'rejected') throw limit.reason
       if (checked.status === 'rejected') throw checked.reason
     },
-    publish: (check) => async function limitedPublish (request, reply) {
+    publish: (verify, revocation) => async function limitedPublish (request, reply) {
       try {
-        await check(request)
+        await verify(request)
       } catch (err) {
-        const status = (err as { statusCode?: number }).statusCode
-        if (status === 401 || status === 403) await restLimit.call(fastify, request, reply)
+        await countRefusal(request, reply, err)
         throw err
       }
-      await publishLimit.call(fastify, request, reply)
+      const [limit, checked] = await Promise.allSettled([publishLimit.call(fastify, request, reply), revocation(request.user)])
+      if (checked.status === 'rejected') {
+        await countRefusal(request, reply, checked.reason)
+        throw checked.reason
+      }
+      if (limit.status === 'rejected') throw limit.reason
     },
     acquireConnection
   }

@@ -7,6 +7,17 @@ import { InsecureTransportError } from '../src/lib/errors.js'
 const HOST = /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/
 const PROBE_PATHS = new Set(['/health', '/ready', '/metrics'])
 
+/**
+ * The security headers of a JSON API for services (POST /alerts): a static
+ * CSP that allows nothing (OWASP's advice for REST answers), the other
+ * headers as elsewhere. @fastify/helmet builds its middleware anew for each
+ * request, and parsing the page CSP with its per-request `connect-src` was
+ * most of that build.
+ */
+export const API_HELMET = {
+  contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } }
+}
+
 export interface SecurityOptions {
   production: boolean
   /** Pages are served over https (TLS here or at the proxy): allow wss only. */

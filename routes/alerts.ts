@@ -8,6 +8,7 @@ import { IDEMPOTENCY_KEY, PublishAlertSchema, PublishResultSchema, type PublishA
 import { PENDING_TTL_MS } from '../src/cluster/idempotency-store.js'
 import type { StreamOwner } from '../src/cluster/history-store.js'
 import { sanitiseAlertBody } from '../src/lib/sanitize.js'
+import { API_HELMET } from '../plugins/security.js'
 
 /** Largest accepted POST /alerts body. */
 const BODY_LIMIT = 64 * 1024
@@ -96,7 +97,8 @@ export default async function alertRoutes (fastify: FastifyInstance) {
       body: PublishAlertSchema,
       response: { 202: PublishResultSchema }
     },
-    onRequest: [limits.publish(fastify.authenticateService)],
+    onRequest: [limits.publish(fastify.verifyService, fastify.checkRevoked)],
+    helmet: API_HELMET,
     // Sanitise before validation, so the length bounds apply to what is sent.
     preValidation: async (request) => { sanitiseAlertBody(request.body) }
   }, async (request, reply) => {

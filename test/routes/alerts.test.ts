@@ -321,3 +321,53 @@ t.test('an idempotency answer that cannot be stored after the publish: still 202
   const { id } = await res.json() as { id: string }
   t.ok(gw.logs.some((line) => line.includes('idempotency answer not stored') && line.includes(id)), 'the lost answer is logged with the alert id')
 })
+
+t.test('with Redis: a publish reads its revocation and counts its publisher in one Redis write', async (t) => {
+  const redis = await RedisServer.start(t)
+  const gw = await build(t, { env: { REDIS_URL: redis.url }, redisPrefix: `alerts-batch-${process.pid}:` })
+  await waitForStatus(`${gw.url}/ready`, 200)
+  const command = gw.app.cluster.redis as NonNullable<typeof gw.app.cluster.redis>
+  // Each auto-pipeline flush sends its commands in one synchronous run: a
+  // command sent while a flush is open belongs to that flush.
+  const sent: Array<{ flush: number, args: string }> = []
+  let flush = 0
+  let open = false
+  const send = command.sendCommand.bind(command)
+  command.sendCommand = (cmd, stream) => {
+    if (!open) {
+      open = true
+      flush++
+      queueMicrotask(() => { open = false })
+    }
+    sent.push({ flush, args: `${cmd.name} ${cmd.args.map(String).join(' ')}` })
+    return send(cmd, stream)
+  }
+  t.teardown(() => { command.sendCommand = send })
+  // The first publish loads the scripts (EVALSHA, then EVAL): not measured.
+  t.equal((await publish(gw.url, alertTo({ userId: 'nobody' }), serviceToken('svc-batch'))).status, 202)
+  sent.length = 0
+  t.equal((await publish(gw.url, alertTo({ userId: 'nobody' }), serviceToken('svc-batch'))).status, 202)
+  const revocation = sent.find((c) => c.args.includes('revoked:{svc-batch}'))
+  const count = sent.find((c) => c.args.includes('pub:svc-batch'))
+  t.ok(revocation !== undefined && count !== undefined, 'the revocation read and the publisher\'s count were sent')
+  t.equal(revocation?.flush, count?.flush, 'in the same write')
+
+  const revoked = await fetch(`${gw.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('svc-batch', { iat: nowSec() - 5 })}` } })
+  t.equal(revoked.status, 204)
+  t.equal((await publish(gw.url, alertTo({ userId: 'nobody' }), serviceToken('svc-batch', { iat: nowSec() - 5 }))).status, 403, 'a revoked publisher is refused all the same')
+})
+
+t.test('POST /alerts answers with an API\'s security headers: a CSP that allows nothing, nosniff', async (t) => {
+  const gw = await build(t)
+  for (const token of [serviceToken(), null]) {
+    const res = await fetch(`${gw.url}/alerts`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(token === null ? {} : { authorization: `Bearer ${token}` }) },
+      body: JSON.stringify(alertTo({ userId: 'nobody' }))
+    })
+    t.equal(res.status, token === null ? 401 : 202)
+    t.equal(res.headers.get('content-security-policy'), "default-src 'none';frame-ancestors 'none'", 'no page policy on a JSON answer')
+    t.equal(res.headers.get('x-content-type-options'), 'nosniff')
+    t.equal(res.headers.get('x-frame-options'), 'SAMEORIGIN')
+  }
+})
