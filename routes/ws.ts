@@ -2,13 +2,14 @@ import { randomUUID } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import type { WebSocket } from 'ws'
+import type { RawData, WebSocket } from 'ws'
 import { CloseCode } from '../protocol/close-codes.js'
 import { BadPositionError, BusUnavailableError, ClientGoneError, NotWebSocketError, OverloadedError, ShuttingDownError, TokenRevokedError } from '../src/lib/errors.js'
 import { handleMessage, type MessageContext } from '../src/session/message-handler.js'
 import type { Welcome } from '../protocol/frames.js'
 import type { ConnectionResult } from '../src/lib/metric-names.js'
 import { Session } from '../src/session/session.js'
+import type { SessionSocket } from '../src/session/session-socket.js'
 import { releaseUpgradeRequest } from '../src/session/upgrade-release.js'
 import { HandshakeGate } from '../src/session/handshake-gate.js'
 import { isRevoked } from '../src/lib/token-claims.js'
@@ -29,6 +30,9 @@ interface Reservation {
   /** The user's claim is held. */
   claimed: boolean
 }
+
+/** The sockets of /ws (the server's WebSocket class, see src/app.ts). */
+type GatewaySocket = SessionSocket<Session, Reservation>
 
 /** An upgrade's state between its hooks and the session (`request.upgrade`). */
 interface UpgradeState {
@@ -226,6 +230,24 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     fastify.log.debug({ err: error.message }, 'websocket error')
   }
 
+  // The listeners of every session's socket (`this`): one function each, no closure per socket.
+  // (ws's types give listeners `this: WebSocket`; it is always a GatewaySocket here.)
+  function onMessage (this: WebSocket, data: RawData, isBinary: boolean): void {
+    handleMessage(ctx, (this as GatewaySocket).session as Session, data, isBinary)
+  }
+
+  function onPong (this: WebSocket): void {
+    ((this as GatewaySocket).session as Session).alive = true
+  }
+
+  function onClose (this: WebSocket, code: number): void {
+    const { session, reservation } = this as GatewaySocket
+    if (registry.remove(session as Session)) {
+      fastify.log.debug({ connectionId: session?.id, userId: session?.userId, code }, 'session closed')
+    }
+    release(reservation as Reservation)
+  }
+
   function onConnection (socket: WebSocket, request: FastifyRequest): void {
     const state = request.upgrade as UpgradeState
     settle(state)
@@ -250,14 +272,12 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     reservation.taken = true
 
     // Listeners first, synchronously: frames may already be waiting.
-    socket.on('message', (data, isBinary) => handleMessage(ctx, session, data, isBinary))
-    socket.on('pong', () => { session.alive = true })
-    socket.once('close', (code) => {
-      if (registry.remove(session)) {
-        fastify.log.debug({ connectionId: session.id, userId: session.userId, code }, 'session closed')
-      }
-      release(reservation)
-    })
+    const held = socket as GatewaySocket
+    held.session = session
+    held.reservation = reservation
+    held.on('message', onMessage)
+    held.on('pong', onPong)
+    held.on('close', onClose)
 
     // ws hands over only sockets that completed the handshake (open).
     metrics.connection('accepted')

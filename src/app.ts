@@ -8,6 +8,7 @@ import gatewayPlugin from '../plugins/gateway.js'
 import limitsPlugin from '../plugins/limits.js'
 import metricsPlugin from '../plugins/metrics.js'
 import securityPlugin from '../plugins/security.js'
+import { SessionSocket } from './session/session-socket.js'
 import alertRoutes from '../routes/alerts.js'
 import authRoutes from '../routes/auth.js'
 import demoRoutes from '../routes/demo.js'
@@ -72,7 +73,11 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
       maxPayload: config.ws.maxMessageBytes,
       perMessageDeflate: false,
       // The registry tracks sessions; ws's own client set would be a second copy.
-      clientTracking: false
+      clientTracking: false,
+      // Sockets that hold their session: shared listeners, no closures per
+      // socket. (Typed by @fastify/websocket as the module's class with all
+      // its statics, which a subclass does not restate.)
+      WebSocket: SessionSocket as never
     },
     // Sessions drain in the gateway plugin's preClose hook.
     preClose: (done) => done()
