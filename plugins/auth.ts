@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import fastifyCookie from '@fastify/cookie'
-import fastifyJwt from '@fastify/jwt'
+import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { normaliseOrigin, type JwtConfig } from '../config/index.js'
 import { JwksKeys } from '../src/lib/jwks.js'
@@ -73,18 +73,14 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     allowedAud: jwt.audience,
     // fast-jwt checks iss/aud only when present: configured means required.
     requiredClaims: ['sub', 'exp', ...(jwt.issuer !== undefined ? ['iss'] : []), ...(jwt.audience !== undefined ? ['aud'] : [])],
-    clockTolerance: jwt.clockToleranceSec * 1000,
-    // Publishers send the same service token with every alert, and reconnect
-    // storms bring user tokens back: cache verified ones. A hit skips the
-    // decoding and claim checks too (measured: -40 us per POST /alerts with
-    // HS256); a miss costs the SHA-256 of the token that keys the cache.
-    cache: 10000,
-    cacheTTL: 600000
+    clockTolerance: jwt.clockToleranceSec * 1000
   }
   if (opts.warnOpenOrigins === true && allowedOrigins === null) {
     fastify.log.warn('ALLOWED_ORIGINS is unset: any web page can open /ws with a token the browser holds (?token= or the access_token cookie); set it to your frontend origins')
   }
   await fastify.register(fastifyCookie)
+  let secret: FastifyJWTOptions['secret']
+  let sign: FastifyJWTOptions['sign']
   if (jwt.key === undefined) {
     const keys = new JwksKeys(jwt.jwksUrl as string, { log: fastify.log })
     // The key published for the token's `kid`. fastify.jwt.verify passes a
@@ -93,23 +89,31 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     // would hand that Promise over as the result, and request.jwtVerify would
     // call the function with the request first: neither is used.)
     const jwksKey = async ({ header }: { header: { kid?: unknown } }): Promise<string> => keys.get(header.kid)
-    await fastify.register(fastifyJwt, { secret: { public: jwksKey }, verify: verifyOptions })
+    secret = { public: jwksKey as never }
   } else if (jwt.algorithms[0].startsWith('HS')) {
-    await fastify.register(fastifyJwt, { secret: jwt.key, sign: { algorithm: jwt.algorithms[0] as never }, verify: verifyOptions })
+    secret = jwt.key
+    sign = { algorithm: jwt.algorithms[0] as never }
   } else {
     // A PEM public key verifies only: @fastify/jwt wants it as { public }.
-    await fastify.register(fastifyJwt, { secret: { public: jwt.key }, verify: verifyOptions })
+    secret = { public: jwt.key }
   }
+  // Two verifiers of the same keys. Publishers send the same service token
+  // with every alert: theirs caches verified tokens (a hit skips decoding
+  // and the claim checks; measured: -40 us per POST /alerts with HS256).
+  // User tokens come once per connection, so the cache would only cost the
+  // SHA-256 that keys it on every upgrade, and an entry per connection.
+  await fastify.register(fastifyJwt, { namespace: 'user', secret, sign, verify: verifyOptions })
+  await fastify.register(fastifyJwt, { namespace: 'publisher', secret, verify: { ...verifyOptions, cache: 1000, cacheTTL: 600000 } })
 
   // A configured clock tolerance above the default widens it (JWT_CLOCK_TOLERANCE_SECONDS).
   const iatSkewSec = Math.max(MAX_IAT_SKEW_SEC, jwt.clockToleranceSec)
 
-  async function verifyToken (token: string): Promise<TokenClaims> {
+  async function verifyToken (token: string, verifier: 'user' | 'publisher' = 'user'): Promise<TokenClaims> {
     let claims: TokenClaims
     try {
       // No per-call options: with them @fastify/jwt builds a new verifier,
       // and so a new empty cache, for each call.
-      claims = await fastify.jwt.verify<TokenClaims>(token)
+      claims = await fastify.jwt[verifier].verify<TokenClaims>(token)
     } catch (err) {
       fastify.log.debug({ reason: (err as { code?: string }).code }, 'token refused')
       throw new TokenInvalidError()
@@ -137,9 +141,9 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     if (isRevoked(claims, before)) throw new TokenRevokedError()
   }
 
-  async function verifyFrom (request: FastifyRequest, token: string | undefined): Promise<TokenClaims> {
+  async function verifyFrom (request: FastifyRequest, token: string | undefined, verifier?: 'publisher'): Promise<TokenClaims> {
     if (token === undefined) throw new TokenMissingError()
-    const claims = await verifyToken(token)
+    const claims = await verifyToken(token, verifier)
     request.user = claims
     return claims
   }
@@ -173,7 +177,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   })
 
   fastify.decorate('verifyService', async function verifyService (request: FastifyRequest) {
-    const claims = await verifyFrom(request, bearerToken(request))
+    const claims = await verifyFrom(request, bearerToken(request), 'publisher')
     if (!hasScope(claims, PUBLISH_SCOPE)) throw new ScopeMissingError(PUBLISH_SCOPE)
   })
 }
@@ -198,6 +202,7 @@ declare module 'fastify' {
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
+    namespaces: 'user' | 'publisher'
     payload: Partial<TokenClaims> & Record<string, unknown>
     user: TokenClaims
   }
