@@ -241,11 +241,12 @@ export default async function wsRoutes (fastify: FastifyInstance) {
   }
 
   function onClose (this: WebSocket, code: number): void {
-    const { session, reservation } = this as GatewaySocket
-    if (registry.remove(session as Session)) {
-      fastify.log.debug({ connectionId: session?.id, userId: session?.userId, code }, 'session closed')
+    const held = this as GatewaySocket
+    const session = held.session as Session
+    if (registry.remove(session)) {
+      fastify.log.debug({ connectionId: session.id, userId: session.userId, code }, 'session closed')
     }
-    release(reservation as Reservation)
+    release(held.reservation as Reservation)
   }
 
   function onConnection (socket: WebSocket, request: FastifyRequest): void {
