@@ -62,6 +62,14 @@ const PER_WORKER = 15000
  * processes for seconds, and for over a minute at 100k.
  */
 const STORM_PER_ADDRESS = 1000
+/**
+ * The second octet of every client source address of this run
+ * (127.<run>.<set>.<n>). Closed connections sit in TIME_WAIT on their
+ * source ports for a minute, and a run that reused the addresses of the run
+ * before it made the kernel search for free ports on every connect: back to
+ * back, the connect phases of alternate runs differed by a factor of two.
+ */
+const RUN_OCTET = 1 + (process.pid % 254)
 
 const STAGE_DEFAULTS = {
   instances: 2,
@@ -253,7 +261,7 @@ function plan (stage, stageIndex, systemIndex) {
   for (let w = 0; w < workers; w++) {
     const count = Math.floor(stage.connections / workers) + (w < stage.connections % workers ? 1 : 0)
     const addresses = []
-    for (let a = w; a < addressCount; a += workers) addresses.push(`127.0.${third}.${a + 1}`)
+    for (let a = w; a < addressCount; a += workers) addresses.push(`127.${RUN_OCTET}.${third}.${a + 1}`)
     shares.push({ from, count, addresses })
     from += count
   }
@@ -487,10 +495,10 @@ function stormPlan (stage, stageIndex) {
   const movedWorkers = Math.max(1, Math.ceil(moved.length / PER_WORKER))
   const stayedWorkers = Math.max(1, Math.ceil(stayed.length / PER_WORKER), stage.workers - movedWorkers)
   const users = [...split(stayed, stayedWorkers), ...split(moved, movedWorkers)]
-  // Source addresses 127.0.<100 + stage>.<n>, at most STORM_PER_ADDRESS users each.
+  // Source addresses 127.<run>.<100 + stage>.<n>, at most STORM_PER_ADDRESS users each.
   let next = 1
   const shares = users.map((list) => {
-    const addresses = Array.from({ length: Math.ceil(list.length / STORM_PER_ADDRESS) }, () => `127.0.${100 + stageIndex}.${next++}`)
+    const addresses = Array.from({ length: Math.ceil(list.length / STORM_PER_ADDRESS) }, () => `127.${RUN_OCTET}.${100 + stageIndex}.${next++}`)
     return { users: list, addresses }
   })
   if (next > 255) throw new Error(`the storm needs ${next - 1} source addresses, more than 254`)
