@@ -17,6 +17,12 @@ export interface LimitsOptions {
 /** A check that needs nothing but the request (authentication). */
 export type RequestCheck = (request: FastifyRequest) => Promise<unknown>
 
+/** A per-address connection slot: the address's key and this connection's member. */
+export interface ConnectionSlot {
+  key: string
+  member: string
+}
+
 export interface Limits {
   /**
    * Counts a connect attempt of the authenticated user (`request.user`);
@@ -38,8 +44,13 @@ export interface Limits {
    * is never read.
    */
   publish: (verify: RequestCheck, revocation: (claims: TokenClaims) => Promise<unknown>) => onRequestAsyncHookHandler
-  /** Takes a per-address connection slot; resolves to its release function. */
-  acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<() => void>
+  /**
+   * Takes a per-address connection slot; resolves to what releases it, plain
+   * data, since a session keeps it for its whole life.
+   */
+  acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<ConnectionSlot>
+  /** Frees a slot taken by acquireConnection; call it once per slot. */
+  releaseConnection: (slot: ConnectionSlot) => void
 }
 
 /**
@@ -69,7 +80,7 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
   fastify.addHook('onClose', async () => slots.close())
 
   let sequence = 0
-  async function acquireConnection (request: FastifyRequest, reply: FastifyReply): Promise<() => void> {
+  async function acquireConnection (request: FastifyRequest, reply: FastifyReply): Promise<ConnectionSlot> {
     const key = addressKey(request.ip)
     const member = `${instanceId}:${++sequence}`
     let ok: boolean
@@ -83,8 +94,7 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
       reply.header('retry-after', IP_RETRY_AFTER_SEC)
       throw new IpLimitError()
     }
-    // Called once: a reservation hands out each release function once.
-    return () => { slots.release(key, member) }
+    return { key, member }
   }
 
   const attempts = fastify.rateLimit({
@@ -134,7 +144,8 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
       }
       if (limit.status === 'rejected') throw limit.reason
     },
-    acquireConnection
+    acquireConnection,
+    releaseConnection: (slot) => { slots.release(slot.key, slot.member) }
   }
   fastify.decorate('limits', decorated)
 }

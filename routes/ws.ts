@@ -25,8 +25,9 @@ interface Reservation {
   userId: string
   generation: number
   taken: boolean
-  /** Frees the address slot; null when none is held. */
-  slot: (() => void) | null
+  /** The address slot held (its key and member, copied: no object kept); key null when none. */
+  slotKey: string | null
+  slotMember: string
   /** The user's claim is held. */
   claimed: boolean
 }
@@ -90,9 +91,9 @@ export default async function wsRoutes (fastify: FastifyInstance) {
 
   /** Frees what the reservation holds, once. */
   function release (reservation: Reservation): void {
-    const slot = reservation.slot
-    reservation.slot = null
-    slot?.()
+    const key = reservation.slotKey
+    reservation.slotKey = null
+    if (key !== null) limits.releaseConnection({ key, member: reservation.slotMember })
     if (!reservation.claimed) return
     reservation.claimed = false
     claims.release(reservation.userId)
@@ -169,7 +170,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     // emitted before anyone listened): take nothing for it.
     if (gone()) throw new ClientGoneError()
     const userId = request.user.sub
-    const reservation: Reservation = { userId, generation: 0, taken: false, slot: null, claimed: false }
+    const reservation: Reservation = { userId, generation: 0, taken: false, slotKey: null, slotMember: '', claimed: false }
     // Set by admit(), which runs first on every upgrade.
     const state = request.upgrade as UpgradeState
     state.reservation = reservation
@@ -191,7 +192,10 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       limits.acquireConnection(request, reply),
       claims.claim(userId, () => delivery.resume(userId, since))
     ])
-    if (slot.status === 'fulfilled') reservation.slot = slot.value
+    if (slot.status === 'fulfilled') {
+      reservation.slotKey = slot.value.key
+      reservation.slotMember = slot.value.member
+    }
     if (claim.status === 'fulfilled') {
       reservation.generation = claim.value.generation
       reservation.claimed = true
