@@ -27,6 +27,9 @@ let firstRecvAt = 0
 let lastRecvAt = 0
 let latencyTs = new Histogram()
 let latencySched = new Histogram()
+/** Worst latency (due time to receipt) per 250 ms of due time, from the first alert's due time since the last reset. */
+let timeline = []
+let timelineFrom = 0
 let unexpectedClosed = 0
 /** Close codes of the unexpected closes. */
 const closeCodes = {}
@@ -54,7 +57,12 @@ function onAlert (buf) {
   // `ts` is the server's wall clock, `bench_s` the publisher's monotonic one.
   if (ts > 0) latencyTs.record(wallNow() - ts)
   const sched = numberAfter(buf, SCHED_KEY)
-  if (sched > 0) latencySched.record(t - sched)
+  if (sched > 0) {
+    latencySched.record(t - sched)
+    if (timelineFrom === 0) timelineFrom = sched
+    const slot = Math.floor((sched - timelineFrom) / 250)
+    if (slot >= 0) timeline[slot] = Math.max(timeline[slot] ?? 0, Math.round(t - sched))
+  }
   if (waiter !== null && received >= waiter.count) {
     const w = waiter
     waiter = null
@@ -150,6 +158,8 @@ function stats () {
     closeCodes,
     latencyTs: latencyTs.toJSON(),
     latencySched: latencySched.toJSON(),
+    timeline: Array.from(timeline, (v) => v ?? 0),
+    timelineFrom,
     cpuUs: process.cpuUsage().user + process.cpuUsage().system,
     rss: process.memoryUsage().rss
   }
@@ -164,6 +174,8 @@ serve({
     lastRecvAt = 0
     latencyTs = new Histogram()
     latencySched = new Histogram()
+    timeline = []
+    timelineFrom = 0
     return {}
   },
   /** Resolves once `count` alerts arrived since the last reset, or at the timeout. */

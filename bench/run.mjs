@@ -78,6 +78,15 @@ const STAGE_DEFAULTS = {
   warmup: 500,
   /** Pause after the warm-up's disconnects, before the baseline. */
   warmupSettleMs: 500,
+  /**
+   * Seconds of single-user alerts at 200/s to the warm-up users before they
+   * leave (`--warmup-single-seconds`). More warms the publish path: 1,000
+   * alerts in a trial shortened the slow start of the measured phase from
+   * 3 s to 0.5 s. But they leave a larger heap and RSS after the warm-up,
+   * the baseline of the memory per connection (bare ws's RSS per connection
+   * fell from 6.6-7.4 to 5.2-5.7 KB), so the default stays small.
+   */
+  warmupSingleSeconds: 0.2,
   concurrency: 100,
   heartbeatMs: 5000,
   idleMs: 5000,
@@ -248,6 +257,22 @@ const cpuDelta = (before, after) => sum(after, (a) => a.cpuUs) - sum(before, (b)
 const merged = (results, key) => results.reduce((h, r) => h.merge(Histogram.fromJSON(r[key])), new Histogram())
 const maxOf = (values, pick) => Math.max(...values.map(pick))
 
+/**
+ * The worst single-user latency per 250 ms of due time, over the client
+ * processes (each counts from the first alert it received).
+ */
+function worstPerSlot (stats) {
+  const starts = stats.map((s) => s.timelineFrom).filter((t) => t > 0)
+  if (starts.length === 0) return []
+  const from = Math.min(...starts)
+  const out = []
+  for (const s of stats) {
+    const shift = Math.round((s.timelineFrom - from) / 250)
+    s.timeline.forEach((v, i) => { out[i + shift] = Math.max(out[i + shift] ?? 0, v) })
+  }
+  return Array.from(out, (v) => v ?? 0)
+}
+
 /** Spreads the stage's connections over client processes and source addresses. */
 function plan (stage, stageIndex, systemIndex) {
   const workers = Math.max(stage.workers, Math.ceil(stage.connections / PER_WORKER))
@@ -338,7 +363,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
       }, 120000)
       if (warm.ok === 0) throw new Error(`warm-up: no connection succeeded: ${JSON.stringify(warm.errors)}`)
       await publisher.rpc.call({ cmd: 'broadcast', urls, token, count: 4, concurrency: 2 })
-      await publisher.rpc.call({ cmd: 'single', urls, token, rate: 200, seconds: 0.2, users: warm.ok, userBase: WARMUP_USER_BASE, seed: 7 })
+      await publisher.rpc.call({ cmd: 'single', urls, token, rate: 200, seconds: stage.warmupSingleSeconds, users: warm.ok, userBase: WARMUP_USER_BASE, seed: 7 })
       await workers[0].rpc.call({ cmd: 'close' })
       await callAll({ cmd: 'reset' })
       await sleep(stage.warmupSettleMs)
@@ -465,7 +490,8 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
         // (the same for both gateway runs of a history A/B).
         serverCpuUsPerAlert: cpuDelta(before, after) / sent.sent,
         statuses: sent.statuses,
-        loopMaxMs: maxOf(after, (s) => s.loopMaxMs)
+        loopMaxMs: maxOf(after, (s) => s.loopMaxMs),
+        timeline: worstPerSlot(stats)
       }
       say(`single-user: ${deliveries}/${sent.sent} delivered, p99 ${result.single.latencyMs.p99.toFixed(1)} ms`)
     }
