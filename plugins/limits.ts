@@ -37,11 +37,12 @@ export interface Limits {
   rest: (check: RequestCheck) => onRequestAsyncHookHandler
   /**
    * An onRequest hook for POST /alerts: `verify` authenticates the publisher
-   * (its token and scope); a valid one is limited by its identity
-   * (`request.user.sub`), and its revocation read and its count leave in one
-   * Redis write. A request refused for its token (401/403, revoked included)
-   * is counted by the per-address limit. Either way a limited client's body
-   * is never read.
+   * (its token and scope), then `revocation` checks the token; a valid one is
+   * limited by its identity (`request.user.sub`). A request refused for its
+   * token (401/403, revoked included) is counted by the per-address limit
+   * instead, never against the identity: a leaked, revoked token cannot use
+   * up the budget of the service's new one. Either way a limited client's
+   * body is never read.
    */
   publish: (verify: RequestCheck, revocation: (claims: TokenClaims) => Promise<unknown>) => onRequestAsyncHookHandler
   /**
@@ -133,16 +134,14 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
     publish: (verify, revocation) => async function limitedPublish (request, reply) {
       try {
         await verify(request)
+        await revocation(request.user)
       } catch (err) {
         await countRefusal(request, reply, err)
         throw err
       }
-      const [limit, checked] = await Promise.allSettled([publishLimit.call(fastify, request, reply), revocation(request.user)])
-      if (checked.status === 'rejected') {
-        await countRefusal(request, reply, checked.reason)
-        throw checked.reason
-      }
-      if (limit.status === 'rejected') throw limit.reason
+      // Counted only now: @fastify/rate-limit runs one limiter per request,
+      // so the address limit above could not count a refusal after this.
+      await publishLimit.call(fastify, request, reply)
     },
     acquireConnection,
     releaseConnection: (slot) => { slots.release(slot.key, slot.member) }
