@@ -57,9 +57,8 @@ export function extractToken (request: FastifyRequest): string | undefined {
  * Decorates `fastify.verifyToken` (verifies a JWT string with @fastify/jwt
  * against the configured secret, PEM public key or JWKS endpoint: pinned algorithms,
  * `sub` and `exp` required, `iss`/`aud` when configured),
- * `fastify.authenticateUser` (an onRequest hook answering 401/403),
- * `fastify.verifyService` with `fastify.checkRevoked` (POST /alerts runs the
- * revocation check beside its rate limit) and `fastify.checkOrigin`.
+ * `fastify.authenticateUser` and `fastify.authenticateService` (onRequest
+ * hooks answering 401/403 before any upgrade) and `fastify.checkOrigin`.
  */
 async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   const { jwt, allowedOrigins } = opts
@@ -141,7 +140,7 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     if (isRevoked(claims, before)) throw new TokenRevokedError()
   }
 
-  async function verifyFrom (request: FastifyRequest, token: string | undefined, verifier?: 'publisher'): Promise<TokenClaims> {
+  async function verifyFrom (request: FastifyRequest, token: string | undefined, verifier?: 'user' | 'publisher'): Promise<TokenClaims> {
     if (token === undefined) throw new TokenMissingError()
     const claims = await verifyToken(token, verifier)
     request.user = claims
@@ -153,8 +152,8 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
   }
 
   /** REST: the Bearer header only, verified and not revoked. */
-  async function authenticate (request: FastifyRequest): Promise<TokenClaims> {
-    const claims = await verifyFrom(request, bearerToken(request))
+  async function authenticate (request: FastifyRequest, verifier?: 'user' | 'publisher'): Promise<TokenClaims> {
+    const claims = await verifyFrom(request, bearerToken(request), verifier)
     await checkRevoked(claims)
     return claims
   }
@@ -176,8 +175,8 @@ async function authPlugin (fastify: FastifyInstance, opts: AuthOptions) {
     await authenticate(request)
   })
 
-  fastify.decorate('verifyService', async function verifyService (request: FastifyRequest) {
-    const claims = await verifyFrom(request, bearerToken(request), 'publisher')
+  fastify.decorate('authenticateService', async function authenticateService (request: FastifyRequest) {
+    const claims = await authenticate(request, 'publisher')
     if (!hasScope(claims, PUBLISH_SCOPE)) throw new ScopeMissingError(PUBLISH_SCOPE)
   })
 }
@@ -192,11 +191,7 @@ declare module 'fastify' {
     checkRevoked: (claims: TokenClaims) => Promise<void>
     checkOrigin: (request: FastifyRequest) => void
     authenticateUser: (request: FastifyRequest) => Promise<void>
-    /**
-     * POST /alerts, before its revocation check: the Bearer token verified
-     * (401) and holding the publish scope (403), set as `request.user`.
-     */
-    verifyService: (request: FastifyRequest) => Promise<void>
+    authenticateService: (request: FastifyRequest) => Promise<void>
   }
 }
 

@@ -2,7 +2,6 @@ import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import type { GatewayConfig } from '../config/index.js'
-import type { TokenClaims } from '../src/lib/token-claims.js'
 import { addressKey } from '../src/lib/client-address.js'
 import { BusUnavailableError, IpLimitError } from '../src/lib/errors.js'
 import { MemoryIpSlots, RedisIpSlots, type IpSlots } from '../src/cluster/ip-slots.js'
@@ -36,22 +35,21 @@ export interface Limits {
    */
   rest: (check: RequestCheck) => onRequestAsyncHookHandler
   /**
-   * An onRequest hook for POST /alerts: `verify` authenticates the publisher
-   * (its token and scope), then `revocation` checks the token; a valid one is
-   * limited by its identity (`request.user.sub`). A request refused for its
-   * token (401/403, revoked included) is counted by the per-address limit
-   * instead, never against the identity: a leaked, revoked token cannot use
-   * up the budget of the service's new one. Either way a limited client's
-   * body is never read.
+   * An onRequest hook for POST /alerts: `check` authenticates the publisher;
+   * a valid one is limited by its identity (`request.user.sub`), a request
+   * refused for its token (401/403, revoked included) by the per-address
+   * limit, never against the identity: a leaked, revoked token cannot use up
+   * the budget of the service's new one. Either way a limited client's body
+   * is never read.
    */
-  publish: (verify: RequestCheck, revocation: (claims: TokenClaims) => Promise<unknown>) => onRequestAsyncHookHandler
+  publish: (check: RequestCheck) => onRequestAsyncHookHandler
   /**
    * Takes a per-address connection slot; resolves to what releases it, plain
    * data, since a session keeps it for its whole life.
    */
   acquireConnection: (request: FastifyRequest, reply: FastifyReply) => Promise<ConnectionSlot>
-  /** Frees a slot taken by acquireConnection; call it once per slot. */
-  releaseConnection: (slot: ConnectionSlot) => void
+  /** Frees a slot taken by acquireConnection (its key and member); call it once per slot. */
+  releaseConnection: (key: string, member: string) => void
 }
 
 /**
@@ -118,12 +116,6 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
     keyGenerator: (request) => `pub:${request.user.sub}`
   })
 
-  /** A request refused for its token counts on its address (429 past the limit). */
-  async function countRefusal (request: FastifyRequest, reply: FastifyReply, err: unknown): Promise<void> {
-    const status = (err as { statusCode?: number }).statusCode
-    if (status === 401 || status === 403) await restLimit.call(fastify, request, reply)
-  }
-
   const decorated: Limits = {
     connectAttempt: async (request, reply) => { await attempts.call(fastify, request, reply) },
     rest: (check) => async function limitedRequest (request, reply) {
@@ -131,12 +123,12 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
       if (limit.status === 'rejected') throw limit.reason
       if (checked.status === 'rejected') throw checked.reason
     },
-    publish: (verify, revocation) => async function limitedPublish (request, reply) {
+    publish: (check) => async function limitedPublish (request, reply) {
       try {
-        await verify(request)
-        await revocation(request.user)
+        await check(request)
       } catch (err) {
-        await countRefusal(request, reply, err)
+        const status = (err as { statusCode?: number }).statusCode
+        if (status === 401 || status === 403) await restLimit.call(fastify, request, reply)
         throw err
       }
       // Counted only now: @fastify/rate-limit runs one limiter per request,
@@ -144,7 +136,7 @@ async function limitsPlugin (fastify: FastifyInstance, opts: LimitsOptions) {
       await publishLimit.call(fastify, request, reply)
     },
     acquireConnection,
-    releaseConnection: (slot) => { slots.release(slot.key, slot.member) }
+    releaseConnection: (key, member) => { slots.release(key, member) }
   }
   fastify.decorate('limits', decorated)
 }

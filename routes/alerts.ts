@@ -97,7 +97,7 @@ export default async function alertRoutes (fastify: FastifyInstance) {
       body: PublishAlertSchema,
       response: { 202: PublishResultSchema }
     },
-    onRequest: [limits.publish(fastify.verifyService, fastify.checkRevoked)],
+    onRequest: [limits.publish(fastify.authenticateService)],
     helmet: API_HELMET,
     // Sanitise before validation, so the length bounds apply to what is sent.
     preValidation: async (request) => { sanitiseAlertBody(request.body) }

@@ -93,7 +93,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
   function release (reservation: Reservation): void {
     const key = reservation.slotKey
     reservation.slotKey = null
-    if (key !== null) limits.releaseConnection({ key, member: reservation.slotMember })
+    if (key !== null) limits.releaseConnection(key, reservation.slotMember)
     if (!reservation.claimed) return
     reservation.claimed = false
     claims.release(reservation.userId)
