@@ -10,6 +10,7 @@
 import { now, wallNow } from './lib/clock.mjs'
 import WebSocket from 'ws'
 import { Histogram } from './lib/histogram.mjs'
+import { Timeline } from './lib/timeline.mjs'
 import { serve } from './lib/ipc.mjs'
 import { connectInLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
@@ -28,8 +29,7 @@ let lastRecvAt = 0
 let latencyTs = new Histogram()
 let latencySched = new Histogram()
 /** Worst latency (due time to receipt) per 250 ms of due time, from the first alert's due time since the last reset. */
-let timeline = []
-let timelineFrom = 0
+let timeline = new Timeline()
 let unexpectedClosed = 0
 /** Close codes of the unexpected closes. */
 const closeCodes = {}
@@ -59,9 +59,7 @@ function onAlert (buf) {
   const sched = numberAfter(buf, SCHED_KEY)
   if (sched > 0) {
     latencySched.record(t - sched)
-    if (timelineFrom === 0) timelineFrom = sched
-    const slot = Math.floor((sched - timelineFrom) / 250)
-    if (slot >= 0) timeline[slot] = Math.max(timeline[slot] ?? 0, Math.round(t - sched))
+    timeline.record(sched, t - sched)
   }
   if (waiter !== null && received >= waiter.count) {
     const w = waiter
@@ -158,8 +156,7 @@ function stats () {
     closeCodes,
     latencyTs: latencyTs.toJSON(),
     latencySched: latencySched.toJSON(),
-    timeline: Array.from(timeline, (v) => v ?? 0),
-    timelineFrom,
+    timeline: timeline.toJSON(),
     cpuUs: process.cpuUsage().user + process.cpuUsage().system,
     rss: process.memoryUsage().rss
   }
@@ -174,8 +171,7 @@ serve({
     lastRecvAt = 0
     latencyTs = new Histogram()
     latencySched = new Histogram()
-    timeline = []
-    timelineFrom = 0
+    timeline = new Timeline()
     return {}
   },
   /** Resolves once `count` alerts arrived since the last reset, or at the timeout. */

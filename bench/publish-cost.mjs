@@ -33,7 +33,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GATEWAY_SCRIPT, HISTORY_OFF, ROOT, gatewayCommit, ensureBuilt, gatewayEnv, median, serverEnv } from './lib/gateway.mjs'
-import { freePort, inLanes, postAlert, sleep, startRedis, startServer, stopOnExit } from './lib/processes.mjs'
+import { cpuProfArgs, freePort, inLanes, postAlert, sleep, startRedis, startServer, stopOnExit } from './lib/processes.mjs'
 import { serviceToken } from './lib/tokens.mjs'
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url))
@@ -89,7 +89,7 @@ async function openLoop (system, n, perSecond) {
 async function startSystem (name) {
   const redis = await startRedis()
   const port = await freePort()
-  const nodeArgs = profDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${name}-${port}.cpuprofile`]
+  const nodeArgs = cpuProfArgs(profDir, `${name}-${port}.cpuprofile`)
   const server = name === 'ws'
     ? await startServer({ name, nodeArgs, script: path.join(BENCH, 'references/ws-server.mjs'), port, cwd: ROOT, graceMs: profDir === undefined ? 0 : 5000, env: { ...serverEnv({ port, redisUrl: redis.url }), BENCH_EXIT_ON_SIGTERM: '1' } })
     : await startServer({ name, nodeArgs, script: name === 'baseline' ? baseline : script, port, cwd: ROOT, graceMs: profDir === undefined ? 3000 : 10000, env: gatewayEnv({ port, redisUrl: redis.url, extra: name === 'nohist' ? HISTORY_OFF : {} }) })

@@ -28,9 +28,10 @@ import path from 'node:path'
 import { now } from './lib/clock.mjs'
 import { fileURLToPath } from 'node:url'
 import { Histogram } from './lib/histogram.mjs'
+import { mergeTimelines } from './lib/timeline.mjs'
 import { forkWorker } from './lib/ipc.mjs'
 import { GATEWAY_SCRIPT, HISTORY_OFF, ROOT, baseEnv, ensureBuilt, gatewayCommit, gatewayEnv, serverEnv } from './lib/gateway.mjs'
-import { freePort, sleep, spawned, startRedis, startServer, sumCounts } from './lib/processes.mjs'
+import { cpuProfArgs, freePort, sleep, spawned, startRedis, startServer, sumCounts } from './lib/processes.mjs'
 import { serviceToken } from './lib/tokens.mjs'
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url))
@@ -234,7 +235,7 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 }
 
 function serverSpec (system, opts, stage, port, redisUrl, profDir) {
-  const nodeArgs = profDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${system}-${port}.cpuprofile`]
+  const nodeArgs = cpuProfArgs(profDir, `${system}-${port}.cpuprofile`)
   const name = `${system}:${port}`
   if (SYSTEMS[system].gateway !== true) {
     const env = { ...serverEnv({ port, redisUrl, heartbeatMs: stage.heartbeatMs }), BENCH_EXIT_ON_SIGTERM: '1' }
@@ -256,22 +257,6 @@ const statsAll = (servers, opts) => Promise.all(servers.map((s) => s.stats(opts)
 const cpuDelta = (before, after) => sum(after, (a) => a.cpuUs) - sum(before, (b) => b.cpuUs)
 const merged = (results, key) => results.reduce((h, r) => h.merge(Histogram.fromJSON(r[key])), new Histogram())
 const maxOf = (values, pick) => Math.max(...values.map(pick))
-
-/**
- * The worst single-user latency per 250 ms of due time, over the client
- * processes (each counts from the first alert it received).
- */
-function worstPerSlot (stats) {
-  const starts = stats.map((s) => s.timelineFrom).filter((t) => t > 0)
-  if (starts.length === 0) return []
-  const from = Math.min(...starts)
-  const out = []
-  for (const s of stats) {
-    const shift = Math.round((s.timelineFrom - from) / 250)
-    s.timeline.forEach((v, i) => { out[i + shift] = Math.max(out[i + shift] ?? 0, v) })
-  }
-  return Array.from(out, (v) => v ?? 0)
-}
 
 /** Spreads the stage's connections over client processes and source addresses. */
 function plan (stage, stageIndex, systemIndex) {
@@ -491,7 +476,7 @@ async function runSystem (result, stage, stageIndex, systemIndex, opts) {
         serverCpuUsPerAlert: cpuDelta(before, after) / sent.sent,
         statuses: sent.statuses,
         loopMaxMs: maxOf(after, (s) => s.loopMaxMs),
-        timeline: worstPerSlot(stats)
+        timeline: mergeTimelines(stats.map((s) => s.timeline))
       }
       say(`single-user: ${deliveries}/${sent.sent} delivered, p99 ${result.single.latencyMs.p99.toFixed(1)} ms`)
     }
@@ -646,7 +631,7 @@ async function runStorm (result, stage, stageIndex, systemIndex, opts) {
       usersWithoutSession: away.size,
       duplicates: sum(stats, (s) => s.duplicates),
       // Worst unmoved latency (ms) per 250 ms since SIGTERM.
-      unmovedTimeline: Array.from({ length: maxOf(stats, (s) => s.timeline.length) }, (_, i) => maxOf(stats, (s) => s.timeline[i] ?? 0)),
+      unmovedTimeline: mergeTimelines(stats.map((s) => s.timeline)),
       latencyMs: { before: latency('before'), unmoved: latency('unmoved'), moved: latency('moved'), after: latency('after'), unmovedFromTs: latency('unmovedFromTs') },
       publisherLatenessMs: Histogram.fromJSON(sent.lateness).summary(),
       serverCpuPercentOfCore: cpuDelta(before, after) / (stormMs * 1000) * 100,

@@ -23,6 +23,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import WebSocket from 'ws'
 import { now, wallNow } from './lib/clock.mjs'
 import { Histogram } from './lib/histogram.mjs'
+import { Timeline } from './lib/timeline.mjs'
 import { serve } from './lib/ipc.mjs'
 import { connectInLanes } from './lib/processes.mjs'
 import { userToken } from './lib/tokens.mjs'
@@ -61,7 +62,7 @@ let stormAt = null
 let stormOver = false
 const latency = { before: new Histogram(), unmoved: new Histogram(), moved: new Histogram(), after: new Histogram(), unmovedFromTs: new Histogram() }
 /** Worst unmoved latency per 250 ms of the storm (index: time since SIGTERM), to see when a spike happened. */
-const timeline = []
+const timeline = new Timeline()
 const errors = {}
 const loop = monitorEventLoopDelay({ resolution: 10 })
 loop.enable()
@@ -80,8 +81,7 @@ function onAlert (user, alert) {
   else if (user.moved) latency.moved.record(t - due)
   else {
     latency.unmoved.record(t - due)
-    const slot = Math.floor((t - stormAt) / 250)
-    if (slot >= 0) timeline[slot] = Math.max(timeline[slot] ?? 0, Math.round(t - due))
+    timeline.record(t, t - due)
     // From the alert's `ts` (set when the server took the POST): the part
     // after the publish request was handled.
     latency.unmovedFromTs.record(wallNow() - alert.ts)
@@ -137,6 +137,7 @@ function storm ({ url, at }) {
   out.add(host)
   rotation = rotation.filter((h) => h !== host)
   stormAt = at
+  timeline.start(at)
   let moved = 0
   for (const user of users) {
     if (user.host !== host) continue
@@ -186,7 +187,7 @@ serve({
     duplicates,
     errors,
     closeCodes,
-    timeline: Array.from(timeline, (v) => v ?? 0),
+    timeline: timeline.toJSON(),
     latency: Object.fromEntries(Object.entries(latency).map(([k, h]) => [k, h.toJSON()]))
   }),
   /** The numbers of the alerts received, and the users without an open session, for the loss count. */
