@@ -43,6 +43,20 @@ t.test('an open session does not keep its upgrade request alive', async (t) => {
   }
 })
 
+// An idle session's listeners are shared functions (SessionSocket), not
+// closures made for each socket: they were about 320 B per connection.
+t.test('every session\'s socket has the same message, pong and close listeners', async (t) => {
+  const { app, wsUrl } = await build(t)
+  const clients: TestClient[] = []
+  for (let i = 0; i < 2; i++) clients.push(await TestClient.open(wsUrl, { token: userToken(`mem-${randomUUID()}`) }))
+  const [a, b] = app.sessions.snapshot().map((session) => session.socket)
+  for (const event of ['message', 'pong', 'close'] as const) {
+    t.equal(a.listenerCount(event), 1, `one ${event} listener`)
+    t.equal(a.listeners(event)[0], b.listeners(event)[0], `the same ${event} listener on both sockets`)
+  }
+  for (const client of clients) await client.close()
+})
+
 // Pins what @fastify/websocket retains (src/session/upgrade-release.ts):
 // when this fails, the plugin changed and the workaround should go.
 t.test('@fastify/websocket still retains the upgrade request in the two places the workaround undoes', async (t) => {
