@@ -56,6 +56,8 @@ export class RedisBroker implements Broker {
   readonly #topics = new Set<string>()
   /** Channels to subscribe at the next flush; #pendingFlush settles with it. */
   readonly #pendingChannels = new Set<string>()
+  /** Channels to unsubscribe at the next flush (disjoint from #pendingChannels). */
+  readonly #pendingUnsubscribes = new Set<string>()
   #pendingFlush: Promise<void> | null = null
   #handlers: BrokerHandlers = { onMessage: () => {} }
   #connected = false
@@ -191,43 +193,66 @@ export class RedisBroker implements Broker {
     this.#updateConnected()
   }
 
-  async #subscribeAll (channels: string[]): Promise<void> {
+  /**
+   * SUBSCRIBE (or UNSUBSCRIBE) `channels`, at most SUBSCRIBE_BATCH per
+   * command; on a Cluster one command per channel (SSUBSCRIBE takes channels
+   * of one slot), pipelined.
+   */
+  async #subscribeAll (channels: string[], subscribe = true): Promise<void> {
+    const subscriber = this.#subscriber
     if (this.#sharded) {
-      // SSUBSCRIBE takes channels of one slot: one command each (pipelined).
-      await Promise.all(channels.map((channel) => this.#subscriber.ssubscribe(channel)))
+      await Promise.all(channels.map((channel) => subscribe ? subscriber.ssubscribe(channel) : subscriber.sunsubscribe(channel)))
       return
     }
     for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-      await this.#subscriber.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH))
+      const batch = channels.slice(i, i + SUBSCRIBE_BATCH)
+      await (subscribe ? subscriber.subscribe(...batch) : subscriber.unsubscribe(...batch))
     }
   }
 
   /**
-   * Subscribes at the end of this turn of the event loop, together with every
-   * topic asked for in the same turn: a connect storm sends one SUBSCRIBE per
-   * turn instead of one per handshake.
+   * At the end of this turn of the event loop: one UNSUBSCRIBE for every
+   * topic dropped in the turn, then one SUBSCRIBE for every topic asked for
+   * (the two sets are disjoint). A connect storm sends one SUBSCRIBE per
+   * turn instead of one per handshake, a disconnect storm one UNSUBSCRIBE.
+   * Both go out on the subscriber connection, in the order they were asked
+   * for across turns. Settles when the SUBSCRIBE is answered.
    */
-  subscribe (topic: string): Promise<void> {
-    this.#topics.add(topic)
-    this.#pendingChannels.add(this.#prefix + topic)
+  #flushSoon (): Promise<void> {
     this.#pendingFlush ??= new Promise((resolve) => setImmediate(resolve)).then(() => {
+      this.#pendingFlush = null
+      if (this.#pendingUnsubscribes.size > 0) {
+        const gone = [...this.#pendingUnsubscribes]
+        this.#pendingUnsubscribes.clear()
+        // If Redis is down the subscriptions are gone anyway, and not restored.
+        this.#subscribeAll(gone, false).catch(() => {})
+      }
       const channels = [...this.#pendingChannels]
       this.#pendingChannels.clear()
-      this.#pendingFlush = null
       return this.#subscribeAll(channels)
     })
     return this.#pendingFlush
   }
 
+  subscribe (topic: string): Promise<void> {
+    this.#topics.add(topic)
+    const channel = this.#prefix + topic
+    // Dropped earlier in this turn and still subscribed: the SUBSCRIBE is
+    // then a no-op for Redis, and its answer still says the channel is live.
+    this.#pendingUnsubscribes.delete(channel)
+    this.#pendingChannels.add(channel)
+    return this.#flushSoon()
+  }
+
   unsubscribe (topic: string): void {
     if (!this.#topics.delete(topic)) return
     const channel = this.#prefix + topic
-    // Not sent yet: drop it from the batch. Otherwise unsubscribe now, on the
-    // connection that carried the SUBSCRIBE, so the two stay in order. If
-    // Redis is down the subscription is gone anyway and not restored.
-    if (!this.#pendingChannels.delete(channel)) {
-      (this.#sharded ? this.#subscriber.sunsubscribe(channel) : this.#subscriber.unsubscribe(channel)).catch(() => {})
-    }
+    this.#pendingChannels.delete(channel)
+    // Unsubscribed even if it was only waiting for this turn's SUBSCRIBE: an
+    // earlier one may have gone out (watched, dropped, watched again in one
+    // turn), and unsubscribing a channel not subscribed costs Redis nothing.
+    this.#pendingUnsubscribes.add(channel)
+    if (this.#pendingFlush === null) this.#flushSoon().catch(() => { /* the subscribers of the flush see it */ })
   }
 
   /**

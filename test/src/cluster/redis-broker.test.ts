@@ -100,17 +100,22 @@ t.test('claim and revocation stores on Redis', async (t) => {
   t.ok(await a.command.ttl('b:held:{u2}') > 23 * 3600, 'counts live for a day')
 })
 
-t.test('user subscriptions asked for in one turn share one SUBSCRIBE', async (t) => {
+/** A connected broker 'b' on a Redis of its own, and a connection that watches it. */
+async function watchedBroker (t: T): Promise<{ b: RedisBroker, admin: Redis, calls: (command: string) => Promise<number> }> {
   const redis = await RedisServer.start(t)
   const admin = new Redis(redis.url)
   t.teardown(() => admin.quit())
   const started = broker(t, redis.url, 'b')
-  const b = started.broker
   await connected(started)
-  const subscribeCalls = async (): Promise<number> => {
-    const match = /cmdstat_subscribe:calls=(\d+)/.exec(await admin.info('commandstats'))
-    return match === null ? 0 : Number(match[1])
-  }
+  // Calls of `command` so far (INFO commandstats).
+  const calls = async (command: string): Promise<number> =>
+    Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(await admin.info('commandstats'))?.[1] ?? 0)
+  return { b: started.broker, admin, calls }
+}
+
+t.test('user subscriptions asked for in one turn share one SUBSCRIBE', async (t) => {
+  const { b, admin, calls } = await watchedBroker(t)
+  const subscribeCalls = async (): Promise<number> => await calls('subscribe')
   const subscribers = async (userId: string): Promise<number> =>
     Number((await admin.pubsub('NUMSUB', `b:user:{${userId}}`) as unknown[])[1])
 
@@ -132,10 +137,36 @@ t.test('user subscriptions asked for in one turn share one SUBSCRIBE', async (t)
   t.equal(await subscribers('gone'), 0, 'a channel unwatched before the flush is not subscribed')
   t.equal(await subscribers('again'), 1, 'watched again in the same turn: subscribed')
 
-  // After the flush, unwatch unsubscribes at once.
+  // After the flush, unwatch unsubscribes with the next flush.
   b.unsubscribe('user:{again}')
   await until('unsubscribed', async () => await subscribers('again') === 0)
   t.pass('unwatched after the flush: unsubscribed')
+
+  // Dropped, watched and dropped again in one turn, after a SUBSCRIBE went
+  // out: unsubscribed all the same (no channel left behind in Redis).
+  await b.subscribe('user:{flip}')
+  b.unsubscribe('user:{flip}')
+  const flip = b.subscribe('user:{flip}')
+  b.unsubscribe('user:{flip}')
+  await flip
+  await until('flip unsubscribed', async () => await subscribers('flip') === 0)
+  // Dropped and watched again in one turn: still subscribed once answered.
+  await b.subscribe('user:{back}')
+  b.unsubscribe('user:{back}')
+  await b.subscribe('user:{back}')
+  t.equal(await subscribers('back'), 1, 'dropped and watched again in one turn: subscribed')
+})
+
+t.test('user subscriptions dropped in one turn share one UNSUBSCRIBE', async (t) => {
+  const { b, admin, calls } = await watchedBroker(t)
+  const unsubscribeCalls = async (): Promise<number> => await calls('unsubscribe')
+  const users = Array.from({ length: 1500 }, (_, i) => `left-${i}`)
+  await Promise.all(users.map((userId) => b.subscribe(`user:{${userId}}`)))
+  const before = await unsubscribeCalls()
+  for (const userId of users) b.unsubscribe(`user:{${userId}}`)
+  await until('all unsubscribed', async () => (await admin.pubsub('CHANNELS', 'b:user:*') as string[]).length === 0)
+  t.equal(await unsubscribeCalls() - before, 2, '1,500 channels in two commands of at most 1,000')
+  t.same(await admin.pubsub('CHANNELS', 'b:*'), ['b:all'], 'only the broadcast channel is left')
 })
 
 t.test('while Redis is down or hung', async (t) => {
