@@ -3,17 +3,57 @@
  * under test, the gateway and both references alike. On request over the IPC
  * channel it runs a full GC (when asked) and reports the process's own CPU
  * time (process.cpuUsage), memory and event-loop delay, or writes a heap
- * snapshot (`run.mjs --heap-snapshot`). It does nothing else,
- * so it costs the same in all three systems.
+ * snapshot (`run.mjs --heap-snapshot`), or samples allocations between an
+ * `alloc: 'start'` and an `alloc: 'stop'` (`handshake-cost.mjs --alloc`).
+ * It does nothing else, so it costs the same in all three systems.
  */
+import { Session } from 'node:inspector/promises'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { writeHeapSnapshot } from 'node:v8'
+
+/**
+ * V8's sampling heap profiler, collected objects included: every
+ * allocation, not what survives. One sample per 16 KB on average; the
+ * profile's sizes are V8's estimates of all bytes allocated.
+ */
+let sampler = null
+async function sampleAllocations (action) {
+  if (action === 'start') {
+    sampler = new Session()
+    sampler.connect()
+    await sampler.post('HeapProfiler.enable')
+    await sampler.post('HeapProfiler.startSampling', { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true })
+    return {}
+  }
+  const { profile } = await sampler.post('HeapProfiler.stopSampling')
+  sampler.disconnect()
+  sampler = null
+  const byArea = {}
+  let bytes = 0
+  const walk = (node) => {
+    const url = node.callFrame.url
+    const modules = url.lastIndexOf('node_modules/')
+    const parts = modules === -1 ? [] : url.slice(modules + 13).split('/')
+    const area = url === '' ? '(V8 and native)' : modules === -1 ? (url.startsWith('node:') ? 'node' : 'own') : parts[0] === '.cache' ? 'own' : parts[0].startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]
+    byArea[area] = (byArea[area] ?? 0) + node.selfSize
+    bytes += node.selfSize
+    for (const child of node.children) walk(child)
+  }
+  walk(profile.head)
+  return { bytes, byArea }
+}
 
 if (typeof process.send === 'function') {
   const loop = monitorEventLoopDelay({ resolution: 10 })
   loop.enable()
   process.on('message', (msg) => {
     if (msg?.probeId === undefined) return
+    if (msg.alloc !== undefined) {
+      sampleAllocations(msg.alloc).then(
+        (result) => process.send({ probeId: msg.probeId, ...result }),
+        (err) => process.send({ probeId: msg.probeId, error: String(err) }))
+      return
+    }
     if (typeof msg.heapSnapshot === 'string') {
       process.send({ probeId: msg.probeId, file: writeHeapSnapshot(msg.heapSnapshot) })
       return

@@ -161,6 +161,8 @@ export async function startServer ({ name, nodeArgs = [], script, env, port, rea
     /** CPU, memory and loop delay as the process sees itself; `gc` runs a full GC first. */
     stats: (opts = {}) => probe.call({ gc: opts.gc === true, resetLoop: opts.resetLoop === true }, 60000),
     heapSnapshot: (file) => probe.call({ heapSnapshot: file }, 300000),
+    /** Allocation sampling: 'start', then 'stop' answers `{ bytes, byArea }` allocated in between. */
+    allocations: (action) => probe.call({ alloc: action }, 60000),
     alive: () => child.exitCode === null && child.signalCode === null,
     stop: () => stopChild(child, exited, graceMs)
   }

@@ -1,12 +1,7 @@
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { readFileSync } from 'node:fs'
 import t from 'tap'
+import { runBench } from '../helpers/bench.js'
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SYSTEMS = ['ws', 'sio', 'nohist', 'gateway'] as const
 
 interface SystemResult {
@@ -36,23 +31,7 @@ interface StormResult {
 t.setTimeout(170_000)
 
 t.test('the short bench runs end to end with tiny numbers and prints the ratio table', async (t) => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'bench-smoke-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const out = path.join(dir, 'results.json')
-
-  const child = spawn(process.execPath, ['bench/run.mjs', '--smoke', '--gateway-runtime=ts', `--out=${out}`], {
-    cwd: ROOT,
-    env: { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
-  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-  const killer = setTimeout(() => child.kill('SIGINT'), 160_000)
-  const [code] = await once(child, 'exit') as [number | null]
-  clearTimeout(killer)
-
+  const { code, stdout, stderr, out } = await runBench(t, ['bench/run.mjs', '--smoke', '--gateway-runtime=ts'], 160_000)
   t.equal(code, 0, 'the bench exits cleanly', { stderr: stderr.slice(-4000) })
   t.match(stdout, /\| connections held \| 200 \| 200 \| 200 \| 200 \| 1\.00x \| 1\.00x \| 1\.00x \|/, 'the table has the three systems, and the gateway with history off, side by side')
   t.match(stdout, /history on \/ off/, 'the history A/B has its column')
