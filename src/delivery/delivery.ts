@@ -66,6 +66,8 @@ const NO_POSITION = 'none:0'
 const REPLAY_TAIL = Buffer.from(',"replay":true}')
 /** How often the session counts of the other instances are refreshed. */
 const COUNT_PERIOD_MS = 5000
+/** How long one read of the broadcast stream's head serves new sessions (see #readAllHead). */
+const ALL_HEAD_MAX_AGE_MS = 100
 
 export interface DeliveryOptions {
   broker: Broker
@@ -77,6 +79,20 @@ export interface DeliveryOptions {
   metrics?: DeliveryMetrics
   /** Counts of the user's connections per instance (for `delivered`). */
   claims?: Pick<ClaimStore, 'othersHolding'> | null
+  /**
+   * How long one read of the broadcast stream's head (epoch and top) serves
+   * the sessions that start without `since_all`; 0: only while it is in
+   * flight. Default 100 ms.
+   */
+  allHeadMaxAgeMs?: number
+}
+
+/** A read of the broadcast stream's head shared by new sessions (see Delivery#readAllHead). */
+interface SharedRead {
+  read: Promise<StreamRead>
+  /** performance.now() when it was sent. */
+  at: number
+  pending: boolean
 }
 
 function encode (type: number, payload: Buffer): Buffer {
@@ -125,6 +141,8 @@ export class Delivery {
   readonly #hooks: FollowHooks
   /** The broadcast stream's epoch as last read (see #epochOf). */
   #allEpoch = ''
+  readonly #allHeadMaxAgeMs: number
+  #allHead: SharedRead | null = null
   #onControl: ((userId: string, event: ControlEvent) => void) | null = null
   #others = 0
   #countTimer: NodeJS.Timeout | null = null
@@ -137,6 +155,7 @@ export class Delivery {
     this.#counts = opts.sessionCounts ?? null
     this.#metrics = opts.metrics ?? NO_METRICS
     this.#claims = opts.claims ?? null
+    this.#allHeadMaxAgeMs = opts.allHeadMaxAgeMs ?? ALL_HEAD_MAX_AGE_MS
     this.#hooks = this.#followHooks()
     this.#all = this.#follow(null)
   }
@@ -152,8 +171,12 @@ export class Delivery {
       onMessage: (topic, message) => this.#receive(topic, message),
       onConnectedChange: (connected) => {
         onConnectedChange(connected)
-        // Subscribed again: read what went by meanwhile.
-        if (connected) this.#catchUpAll()
+        // Subscribed again: read what went by meanwhile; new sessions read
+        // the head afresh.
+        if (connected) {
+          this.#allHead = null
+          this.#catchUpAll()
+        }
       },
       onProbeFailure: () => this.#metrics.probeFailed()
     })
@@ -318,7 +341,7 @@ export class Delivery {
   async #plan (owner: StreamOwner, since: string | undefined): Promise<StreamPlan> {
     const history = this.#history as HistoryStore
     if (since === undefined) {
-      const read = await history.read(owner, null)
+      const read = await (owner === null ? this.#readAllHead(history) : history.read(owner, null))
       return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: [], recovered: true }
     }
     // Unknown positions read as another epoch: the newest entries, not recovered.
@@ -326,6 +349,27 @@ export class Delivery {
     const read: StreamRead = await history.read(owner, from)
     const recovered = from.epoch === read.epoch && from.seq <= read.top && read.entries.length === read.top - from.seq
     return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: read.entries, recovered }
+  }
+
+  /**
+   * The broadcast stream's head for a session that starts without
+   * `since_all`: one read serves every session starting while it is out
+   * and for ALL_HEAD_MAX_AGE_MS after it was sent, instead of one script
+   * per handshake (about a tenth of an upgrade's CPU). An older head misses
+   * nothing: what went by since reached this instance's follow of the
+   * stream, and attach() writes it to the session after the welcome, as for
+   * a read that was answered just before the alerts were.
+   */
+  #readAllHead (history: HistoryStore): Promise<StreamRead> {
+    const shared = this.#allHead
+    if (shared !== null && (shared.pending || performance.now() - shared.at <= this.#allHeadMaxAgeMs)) return shared.read
+    const head: SharedRead = { read: history.read(null, null), at: performance.now(), pending: true }
+    this.#allHead = head
+    head.read.then(() => { head.pending = false }, () => {
+      // Its waiters see the error; the next session reads again.
+      this.#allHead = null
+    })
+    return head.read
   }
 
   /**

@@ -35,6 +35,10 @@ class HeldHistory implements HistoryStore {
   readonly after = new Gate()
   waiting = 0
   computed = 0
+  /** Reads of the broadcast stream's head (no position), as asked of the store. */
+  headReads = 0
+  /** Fail the next head read. */
+  failNextHead = false
 
   constructor (inner: HistoryStore) {
     this.#inner = inner
@@ -53,6 +57,13 @@ class HeldHistory implements HistoryStore {
   }
 
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
+    if (owner === null && from === null) {
+      this.headReads++
+      if (this.failNextHead) {
+        this.failNextHead = false
+        throw new Error('history unavailable')
+      }
+    }
     if (this.#toHold === 0) return await this.#inner.read(owner, from)
     this.#toHold--
     this.waiting++
@@ -73,7 +84,12 @@ interface Gateway {
   publish: (stream: 'all' | 'user', title: string) => Promise<string>
 }
 
-async function gateway (t: Test, redisUrl?: string): Promise<Gateway> {
+/**
+ * `allHeadMaxAgeMs`: how long a read of the broadcast head serves new
+ * sessions. 0 by default here: these tests hold reads one by one, so each
+ * resume reads the head itself (once the earlier read was answered).
+ */
+async function gateway (t: Test, redisUrl?: string, allHeadMaxAgeMs = 0): Promise<Gateway> {
   const cluster = createCluster({
     redisUrl,
     instanceId: 'resume-test-inst',
@@ -86,7 +102,7 @@ async function gateway (t: Test, redisUrl?: string): Promise<Gateway> {
   const metrics = { connectionsActive: counter, connectionDuration: counter, messagesSent: counter } as unknown as GatewayMetrics
   const registry = new SessionRegistry({ ws: testConfig().ws, metrics, log })
   const history = new HeldHistory(cluster.history as HistoryStore)
-  const delivery = new Delivery({ broker: cluster.broker, sessions: registry, log, history })
+  const delivery = new Delivery({ broker: cluster.broker, sessions: registry, log, history, allHeadMaxAgeMs })
   delivery.start(() => {})
   cluster.start()
   t.teardown(async () => {
@@ -252,6 +268,48 @@ for (const bus of ['memory', 'redis'] as const) {
     t.match(frames[1], { recovered: true, replayed: 0 })
   })
 }
+
+for (const bus of ['memory', 'redis'] as const) {
+  t.test(`${bus}: new sessions share a read of the broadcast head, and miss nothing that went by after it`, async (t) => {
+    const gw = await gateway(t, bus === 'memory' ? undefined : (await RedisServer.start(t)).url, 60_000)
+    const seen = await observer(gw)
+    t.equal(gw.history.headReads, 1, 'the first session read the head')
+    const [a1] = await publishSeen(gw, seen, ['all', 'a1'])
+
+    // Within the age limit: the head read before a1 serves this session too.
+    const { session: s, frames } = session('shared')
+    gw.delivery.attach(s, await gw.delivery.resume(USER, {}), welcome('shared'))
+    t.equal(gw.history.headReads, 1, 'no read of its own')
+    const head = (frames[0].pos as { all: string }).all
+    t.equal(Number(head.split(':')[1]), Number(a1.split(':')[1]) - 1, 'its welcome has the head as read before a1')
+    t.same(titles(frames), ['a1'], 'a1, which went by after that read, comes next, from this instance')
+    t.notOk(frames.some((f) => f.replay === true || f.type === 'gap'), 'not a replay, no gap')
+    await publishSeen(gw, frames, ['all', 'a2'])
+    t.same(titles(frames), ['a1', 'a2'], 'then live, none twice')
+
+    // Sessions starting together share one read; every session gets one plan.
+    const plans = await Promise.all([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {})])
+    t.equal(plans[0].all?.epoch, plans[1].all?.epoch)
+    t.equal(gw.history.headReads, 1, 'still the one read')
+  })
+}
+
+t.test('memory: past its age limit a head read is not shared; while out it is; a failed one is not kept', async (t) => {
+  const gw = await gateway(t)
+  await gw.delivery.resume(USER, {})
+  await gw.delivery.resume(USER, {})
+  t.equal(gw.history.headReads, 2, 'answered reads are not shared (limit 0)')
+  await Promise.all([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {}), gw.delivery.resume(USER, { user: 'none:0' })])
+  t.equal(gw.history.headReads, 3, 'three sessions starting together: one read')
+
+  gw.history.failNextHead = true
+  const failed = await Promise.allSettled([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {})])
+  t.same(failed.map((r) => r.status), ['rejected', 'rejected'], 'the sessions waiting on a failed read fail with it')
+  t.equal(gw.history.headReads, 4)
+  const plan = await gw.delivery.resume(USER, {})
+  t.ok(plan.all !== null, 'the next session reads again, and gets its plan')
+  t.equal(gw.history.headReads, 5)
+})
 
 t.test('redis: history lost during a resume: the session is told, and gets the new epoch\'s alerts', async (t) => {
   // Bug: Delivery.#fill() with a plan of the old epoch and a follow already
