@@ -66,8 +66,8 @@ const NO_POSITION = 'none:0'
 const REPLAY_TAIL = Buffer.from(',"replay":true}')
 /** How often the session counts of the other instances are refreshed. */
 const COUNT_PERIOD_MS = 5000
-/** How long one read of the broadcast stream's head serves new sessions (see #readAllHead). */
-const ALL_HEAD_MAX_AGE_MS = 100
+/** How long one read of the broadcast stream serves the sessions asking the same (see #readAll). */
+const ALL_READ_MAX_AGE_MS = 100
 
 export interface DeliveryOptions {
   broker: Broker
@@ -80,14 +80,14 @@ export interface DeliveryOptions {
   /** Counts of the user's connections per instance (for `delivered`). */
   claims?: Pick<ClaimStore, 'othersHolding'> | null
   /**
-   * How long one read of the broadcast stream's head (epoch and top) serves
-   * the sessions that start without `since_all`; 0: only while it is in
-   * flight. Default 100 ms.
+   * How long one read of the broadcast stream serves the sessions that
+   * start from the same position (or without `since_all`); 0: only while
+   * it is in flight. Default 100 ms.
    */
-  allHeadMaxAgeMs?: number
+  allReadMaxAgeMs?: number
 }
 
-/** A read of the broadcast stream's head shared by new sessions (see Delivery#readAllHead). */
+/** A read of the broadcast stream shared by the sessions asking the same (see Delivery#readAll). */
 interface SharedRead {
   read: Promise<StreamRead>
   /** performance.now() when it was sent. */
@@ -141,8 +141,10 @@ export class Delivery {
   readonly #hooks: FollowHooks
   /** The broadcast stream's epoch as last read (see #epochOf). */
   #allEpoch = ''
-  readonly #allHeadMaxAgeMs: number
-  #allHead: SharedRead | null = null
+  readonly #allReadMaxAgeMs: number
+  /** Reads of the broadcast stream by position asked ('' for the head), cleared every max age. */
+  readonly #allReads = new Map<string, SharedRead>()
+  #allReadsSweptAt = 0
   #onControl: ((userId: string, event: ControlEvent) => void) | null = null
   #others = 0
   #countTimer: NodeJS.Timeout | null = null
@@ -155,7 +157,7 @@ export class Delivery {
     this.#counts = opts.sessionCounts ?? null
     this.#metrics = opts.metrics ?? NO_METRICS
     this.#claims = opts.claims ?? null
-    this.#allHeadMaxAgeMs = opts.allHeadMaxAgeMs ?? ALL_HEAD_MAX_AGE_MS
+    this.#allReadMaxAgeMs = opts.allReadMaxAgeMs ?? ALL_READ_MAX_AGE_MS
     this.#hooks = this.#followHooks()
     this.#all = this.#follow(null)
   }
@@ -172,9 +174,9 @@ export class Delivery {
       onConnectedChange: (connected) => {
         onConnectedChange(connected)
         // Subscribed again: read what went by meanwhile; new sessions read
-        // the head afresh.
+        // afresh.
         if (connected) {
-          this.#allHead = null
+          this.#allReads.clear()
           this.#catchUpAll()
         }
       },
@@ -341,35 +343,44 @@ export class Delivery {
   async #plan (owner: StreamOwner, since: string | undefined): Promise<StreamPlan> {
     const history = this.#history as HistoryStore
     if (since === undefined) {
-      const read = await (owner === null ? this.#readAllHead(history) : history.read(owner, null))
+      const read = await (owner === null ? this.#readAll(history, null) : history.read(owner, null))
       return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: [], recovered: true }
     }
     // Unknown positions read as another epoch: the newest entries, not recovered.
     const from: Position = parsePosition(since) ?? { epoch: '-', seq: 0 }
-    const read: StreamRead = await history.read(owner, from)
+    const read: StreamRead = await (owner === null ? this.#readAll(history, from) : history.read(owner, from))
     const recovered = from.epoch === read.epoch && from.seq <= read.top && read.entries.length === read.top - from.seq
     return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: read.entries, recovered }
   }
 
   /**
-   * The broadcast stream's head for a session that starts without
-   * `since_all`: one read serves every session starting while it is out
-   * and for ALL_HEAD_MAX_AGE_MS after it was sent, instead of one script
-   * per handshake (about a tenth of an upgrade's CPU). An older head misses
-   * nothing: what went by since reached this instance's follow of the
-   * stream, and attach() writes it to the session after the welcome, as for
-   * a read that was answered just before the alerts were.
+   * The broadcast stream from `from` (null: its head) for a session that
+   * starts now. One read serves every session asking the same while it is
+   * out and for ALL_READ_MAX_AGE_MS after it was sent: new sessions all ask
+   * for the head, and after a deploy every moved client resumes from the
+   * same position, the last broadcast it got. One script per handshake was
+   * about a tenth of an upgrade's CPU. An older read misses nothing: the
+   * alerts that went by since reached this instance's follow of the stream,
+   * and attach() writes them after the welcome (and the replay), as for a
+   * read answered just before them.
    */
-  #readAllHead (history: HistoryStore): Promise<StreamRead> {
-    const shared = this.#allHead
-    if (shared !== null && (shared.pending || performance.now() - shared.at <= this.#allHeadMaxAgeMs)) return shared.read
-    const head: SharedRead = { read: history.read(null, null), at: performance.now(), pending: true }
-    this.#allHead = head
-    head.read.then(() => { head.pending = false }, () => {
+  #readAll (history: HistoryStore, from: Position | null): Promise<StreamRead> {
+    const now = performance.now()
+    if (now - this.#allReadsSweptAt > this.#allReadMaxAgeMs) {
+      // Bounded by the positions asked for in one max age; reads still out stay shared.
+      for (const [key, shared] of this.#allReads) if (!shared.pending) this.#allReads.delete(key)
+      this.#allReadsSweptAt = now
+    }
+    const key = from === null ? '' : formatPosition(from.epoch, from.seq)
+    const shared = this.#allReads.get(key)
+    if (shared !== undefined && (shared.pending || now - shared.at <= this.#allReadMaxAgeMs)) return shared.read
+    const read: SharedRead = { read: history.read(null, from), at: now, pending: true }
+    this.#allReads.set(key, read)
+    read.read.then(() => { read.pending = false }, () => {
       // Its waiters see the error; the next session reads again.
-      this.#allHead = null
+      this.#allReads.delete(key)
     })
-    return head.read
+    return read.read
   }
 
   /**

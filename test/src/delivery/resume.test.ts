@@ -37,6 +37,8 @@ class HeldHistory implements HistoryStore {
   computed = 0
   /** Reads of the broadcast stream's head (no position), as asked of the store. */
   headReads = 0
+  /** Reads of the broadcast stream from a position. */
+  allReadsFrom = 0
   /** Fail the next head read. */
   failNextHead = false
 
@@ -57,6 +59,7 @@ class HeldHistory implements HistoryStore {
   }
 
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
+    if (owner === null && from !== null) this.allReadsFrom++
     if (owner === null && from === null) {
       this.headReads++
       if (this.failNextHead) {
@@ -85,11 +88,11 @@ interface Gateway {
 }
 
 /**
- * `allHeadMaxAgeMs`: how long a read of the broadcast head serves new
- * sessions. 0 by default here: these tests hold reads one by one, so each
- * resume reads the head itself (once the earlier read was answered).
+ * `allReadMaxAgeMs`: how long a read of the broadcast stream serves the
+ * sessions asking the same. 0 by default here: these tests hold reads one by
+ * one, so each resume reads itself (once the earlier read was answered).
  */
-async function gateway (t: Test, redisUrl?: string, allHeadMaxAgeMs = 0): Promise<Gateway> {
+async function gateway (t: Test, redisUrl?: string, allReadMaxAgeMs = 0): Promise<Gateway> {
   const cluster = createCluster({
     redisUrl,
     instanceId: 'resume-test-inst',
@@ -102,7 +105,7 @@ async function gateway (t: Test, redisUrl?: string, allHeadMaxAgeMs = 0): Promis
   const metrics = { connectionsActive: counter, connectionDuration: counter, messagesSent: counter } as unknown as GatewayMetrics
   const registry = new SessionRegistry({ ws: testConfig().ws, metrics, log })
   const history = new HeldHistory(cluster.history as HistoryStore)
-  const delivery = new Delivery({ broker: cluster.broker, sessions: registry, log, history, allHeadMaxAgeMs })
+  const delivery = new Delivery({ broker: cluster.broker, sessions: registry, log, history, allReadMaxAgeMs })
   delivery.start(() => {})
   cluster.start()
   t.teardown(async () => {
@@ -291,6 +294,25 @@ for (const bus of ['memory', 'redis'] as const) {
     const plans = await Promise.all([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {})])
     t.equal(plans[0].all?.epoch, plans[1].all?.epoch)
     t.equal(gw.history.headReads, 1, 'still the one read')
+
+    // Resumes from one position (a deploy's moved clients) share a read as
+    // well, and each gets the replay, then what went by after the read.
+    const [a3] = await publishSeen(gw, seen, ['all', 'a3'])
+    const together = await Promise.all([gw.delivery.resume(USER, { all: a1 }), gw.delivery.resume(USER, { all: a1 })])
+    t.equal(gw.history.allReadsFrom, 1, 'two resumes from a1: one read')
+    await publishSeen(gw, seen, ['all', 'a4'])
+    const later = await gw.delivery.resume(USER, { all: a1 })
+    t.equal(gw.history.allReadsFrom, 1, 'a third one, after a4: the same read')
+    for (const [k, plan] of [...together, later].entries()) {
+      const { session: r, frames: got } = session(`resumed-${k}`)
+      gw.delivery.attach(r, plan, welcome(`resumed-${k}`))
+      t.same(titles(got), ['a2', 'a3', 'a4'], `session ${k}: everything after a1, once`)
+      t.match(got.find((f) => f.type === 'resumed'), { recovered: true, replayed: 2 }, `session ${k}: recovered`)
+      t.notOk(got.find((f) => f.title === 'a4')?.replay, 'a4 went by after the read: live, not a replay')
+      t.equal((got[0].pos as { all: string }).all, a3, 'its welcome has the position read')
+    }
+    await gw.delivery.resume(USER, { all: a3 })
+    t.equal(gw.history.allReadsFrom, 2, 'another position: a read of its own')
   })
 }
 
