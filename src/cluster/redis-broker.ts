@@ -196,18 +196,20 @@ export class RedisBroker implements Broker {
   /**
    * SUBSCRIBE (or UNSUBSCRIBE) `channels`, at most SUBSCRIBE_BATCH per
    * command; on a Cluster one command per channel (SSUBSCRIBE takes channels
-   * of one slot), pipelined.
+   * of one slot). Every command leaves at once, in order on the connection:
+   * a later turn's command for one of these channels cannot overtake a batch
+   * that would otherwise wait for the answer to the one before it.
    */
   async #subscribeAll (channels: string[], subscribe = true): Promise<void> {
     const subscriber = this.#subscriber
-    if (this.#sharded) {
-      await Promise.all(channels.map((channel) => subscribe ? subscriber.ssubscribe(channel) : subscriber.sunsubscribe(channel)))
-      return
+    const size = this.#sharded ? 1 : SUBSCRIBE_BATCH
+    const sent: Array<Promise<unknown>> = []
+    for (let i = 0; i < channels.length; i += size) {
+      const batch = channels.slice(i, i + size)
+      if (this.#sharded) sent.push(subscribe ? subscriber.ssubscribe(...batch) : subscriber.sunsubscribe(...batch))
+      else sent.push(subscribe ? subscriber.subscribe(...batch) : subscriber.unsubscribe(...batch))
     }
-    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-      const batch = channels.slice(i, i + SUBSCRIBE_BATCH)
-      await (subscribe ? subscriber.subscribe(...batch) : subscriber.unsubscribe(...batch))
-    }
+    await Promise.all(sent)
   }
 
   /**

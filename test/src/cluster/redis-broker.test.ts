@@ -169,6 +169,28 @@ t.test('user subscriptions dropped in one turn share one UNSUBSCRIBE', async (t)
   t.same(await admin.pubsub('CHANNELS', 'b:*'), ['b:all'], 'only the broadcast channel is left')
 })
 
+t.test('a SUBSCRIBE of a later turn is not overtaken by an earlier turn\'s UNSUBSCRIBE batches', async (t) => {
+  // Bug: the batches of one turn went out one after the other's answer, so
+  // a SUBSCRIBE sent in the next turn could reach Redis between two of them,
+  // and the second UNSUBSCRIBE then dropped a channel still wanted: its
+  // user's alerts, claims and logouts no longer reached this instance.
+  const { b, admin } = await watchedBroker(t)
+  const pauser = new Redis(admin.options)
+  t.teardown(() => pauser.disconnect())
+  const users = Array.from({ length: 1500 }, (_, i) => `back-${i}`)
+  await Promise.all(users.map((userId) => b.subscribe(`user:{${userId}}`)))
+  // While Redis holds every command, the first batch's answer cannot come
+  // back before the next turn's SUBSCRIBE is written.
+  await pauser.call('CLIENT', 'PAUSE', '300', 'ALL')
+  for (const userId of users) b.unsubscribe(`user:{${userId}}`)
+  const again = new Promise<void>((resolve, reject) => setImmediate(() => { b.subscribe('user:{back-1499}').then(resolve, reject) }))
+  await again
+  // Written after the UNSUBSCRIBE batches on the same connection: once it is answered, they all were.
+  await b.subscribe('user:{barrier}')
+  t.equal(Number((await admin.pubsub('NUMSUB', 'b:user:{back-1499}') as unknown[])[1]), 1, 'watched again: still subscribed')
+  t.equal(Number((await admin.pubsub('NUMSUB', 'b:user:{back-0}') as unknown[])[1]), 0, 'the others are dropped')
+})
+
 t.test('while Redis is down or hung', async (t) => {
   const redis = await RedisServer.start(t)
   const started = broker(t, redis.url, 'c')
