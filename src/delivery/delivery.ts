@@ -92,7 +92,8 @@ interface SharedRead {
   read: Promise<StreamRead>
   /** performance.now() when it was sent. */
   at: number
-  pending: boolean
+  /** Its answer; null while it is out. */
+  value: StreamRead | null
 }
 
 function encode (type: number, payload: Buffer): Buffer {
@@ -196,6 +197,7 @@ export class Delivery {
     if (this.#countTimer !== null) clearInterval(this.#countTimer)
     this.#countTimer = null
     this.#all?.close()
+    this.#allReads.clear()
   }
 
   /**
@@ -356,7 +358,8 @@ export class Delivery {
   /**
    * The broadcast stream from `from` (null: its head) for a session that
    * starts now. One read serves every session asking the same while it is
-   * out and for ALL_READ_MAX_AGE_MS after it was sent: new sessions all ask
+   * out, and for ALL_READ_MAX_AGE_MS after it was sent as long as what went
+   * by since is well at hand (#atHandSince): new sessions all ask
    * for the head, and after a deploy every moved client resumes from the
    * same position, the last broadcast it got. One script per handshake was
    * about a tenth of an upgrade's CPU. An older read misses nothing: the
@@ -368,19 +371,30 @@ export class Delivery {
     const now = performance.now()
     if (now - this.#allReadsSweptAt > this.#allReadMaxAgeMs) {
       // Bounded by the positions asked for in one max age; reads still out stay shared.
-      for (const [key, shared] of this.#allReads) if (!shared.pending) this.#allReads.delete(key)
+      for (const [key, shared] of this.#allReads) if (shared.value !== null) this.#allReads.delete(key)
       this.#allReadsSweptAt = now
     }
     const key = from === null ? '' : formatPosition(from.epoch, from.seq)
     const shared = this.#allReads.get(key)
-    if (shared !== undefined && (shared.pending || now - shared.at <= this.#allReadMaxAgeMs)) return shared.read
-    const read: SharedRead = { read: history.read(null, from), at: now, pending: true }
+    if (shared !== undefined && (shared.value === null || (now - shared.at <= this.#allReadMaxAgeMs && this.#atHandSince(shared.value)))) return shared.read
+    const read: SharedRead = { read: history.read(null, from), at: now, value: null }
     this.#allReads.set(key, read)
-    read.read.then(() => { read.pending = false }, () => {
+    read.read.then((value) => { read.value = value }, () => {
       // Its waiters see the error; the next session reads again.
       this.#allReads.delete(key)
     })
     return read.read
+  }
+
+  /**
+   * Whether what went by after an answered read of the broadcast stream is
+   * well within what the follow keeps at hand: same epoch, fewer than half
+   * its ring since. Past that a session would be told of a gap that a fresh
+   * read does not have (a burst of broadcasts, a stream started over).
+   */
+  #atHandSince (read: StreamRead): boolean {
+    const follow = this.#all as StreamFollow
+    return follow.epoch === read.epoch && follow.seq - read.top < RING_ALL / 2
   }
 
   /**
@@ -481,6 +495,8 @@ export class Delivery {
         else this.#sessions.sendToUser(owner, frame, seq)
       },
       gap: (owner, pos, newEpoch, rewoundTo) => {
+        // Reads shared before it may name positions the stream no longer has.
+        this.#allReads.clear()
         const sessions = owner === null ? this.#sessions.list() : this.#sessions.sessionsOf(owner)
         const stream: StreamName = owner === null ? 'all' : 'user'
         for (const session of [...sessions]) {

@@ -313,6 +313,19 @@ for (const bus of ['memory', 'redis'] as const) {
     }
     await gw.delivery.resume(USER, { all: a3 })
     t.equal(gw.history.allReadsFrom, 2, 'another position: a read of its own')
+
+    // Once the follow has moved on by half its ring since the read, a new
+    // session reads afresh (past the ring it would be told of a gap).
+    const heads = gw.history.headReads
+    for (let i = 0; i < 123; i++) await gw.publish('all', `burst-${i}`)
+    await received(seen, 'burst-122')
+    await gw.delivery.resume(USER, {})
+    t.equal(gw.history.headReads, heads, '127 broadcasts after the read (a1-a4 and 123): still shared')
+    await publishSeen(gw, seen, ['all', 'burst-123'])
+    const { session: late, frames: lateFrames } = session('late')
+    gw.delivery.attach(late, await gw.delivery.resume(USER, {}), welcome('late'))
+    t.equal(gw.history.headReads, heads + 1, '128 after it: a read of its own')
+    t.same(lateFrames.map((f) => f.type), ['welcome'], 'nothing to write after the welcome, no gap')
   })
 }
 
@@ -331,6 +344,20 @@ t.test('memory: past its age limit a head read is not shared; while out it is; a
   const plan = await gw.delivery.resume(USER, {})
   t.ok(plan.all !== null, 'the next session reads again, and gets its plan')
   t.equal(gw.history.headReads, 5)
+})
+
+t.test('redis: a read shared before the broadcast stream started over is not used after it', async (t) => {
+  const redis = await RedisServer.start(t)
+  const gw = await gateway(t, redis.url, 60_000)
+  const seen = await observer(gw)
+  await publishSeen(gw, seen, ['all', 'a1'])
+  await (gw.cluster.redis as NonNullable<Cluster['redis']>).flushall()
+  const [b1] = await publishSeen(gw, seen, ['all', 'b1'])
+  const { session: s, frames } = session('after')
+  gw.delivery.attach(s, await gw.delivery.resume(USER, {}), welcome('after'))
+  t.equal(gw.history.headReads, 2, 'the head is read afresh')
+  t.equal((frames[0].pos as { all: string }).all, b1, 'its welcome has the new epoch\'s head')
+  t.same(frames.map((f) => f.type), ['welcome'], 'no gap for a session that starts after it')
 })
 
 t.test('redis: history lost during a resume: the session is told, and gets the new epoch\'s alerts', async (t) => {
