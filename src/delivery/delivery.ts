@@ -361,8 +361,9 @@ export class Delivery {
    * out, and for ALL_READ_MAX_AGE_MS after it was sent as long as what went
    * by since is well at hand (#atHandSince): new sessions all ask
    * for the head, and after a deploy every moved client resumes from the
-   * same position, the last broadcast it got. One script per handshake was
-   * about a tenth of an upgrade's CPU. An older read misses nothing: the
+   * same position, the last broadcast it got. One script less per
+   * handshake is 3 Redis commands and about 5 KB of garbage (bench README,
+   * "The handshake alone"). An older read misses nothing: the
    * alerts that went by since reached this instance's follow of the stream,
    * and attach() writes them after the welcome (and the replay), as for a
    * read answered just before them.

@@ -150,11 +150,14 @@ t.test('user subscriptions asked for in one turn share one SUBSCRIBE', async (t)
   b.unsubscribe('user:{flip}')
   await flip
   await until('flip unsubscribed', async () => await subscribers('flip') === 0)
-  // Dropped and watched again in one turn: still subscribed once answered.
+  // Dropped and watched again in one turn: still subscribed once answered,
+  // and no UNSUBSCRIBE sent for it.
   await b.subscribe('user:{back}')
+  const unsubscribes = await calls('unsubscribe')
   b.unsubscribe('user:{back}')
   await b.subscribe('user:{back}')
   t.equal(await subscribers('back'), 1, 'dropped and watched again in one turn: subscribed')
+  t.equal(await calls('unsubscribe'), unsubscribes, 'the drop was taken back before the flush')
 })
 
 t.test('user subscriptions dropped in one turn share one UNSUBSCRIBE', async (t) => {
