@@ -75,16 +75,20 @@ function pinTo (pid, cpuList) {
   }
 }
 
+/** One numeric field of an INFO answer. */
+function infoField (info, name) {
+  return Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? 0)
+}
+
 /** One field of `INFO stats` (redis-cli: a connection and an INFO of its own, taken out below). */
 async function statsField (port, name) {
-  return Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(await redisCli(port, 'INFO', 'stats'))?.[1] ?? 0)
+  return infoField(await redisCli(port, 'INFO', 'stats'), name)
 }
 
 /** What Redis has done so far: commands (scripts' own included), reads, calls by command. */
 async function redisCounts (port) {
   const stats = await redisCli(port, 'INFO', 'stats')
-  const field = (name) => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(stats)?.[1] ?? 0)
-  return { commands: field('total_commands_processed'), reads: field('total_reads_processed'), calls: await commandStats(port) }
+  return { commands: infoField(stats, 'total_commands_processed'), reads: infoField(stats, 'total_reads_processed'), calls: await commandStats(port) }
 }
 
 /** Between two redisCounts() answers, per `n`; the INFO calls themselves are left out. */

@@ -10,6 +10,7 @@
 import { Session } from 'node:inspector/promises'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { writeHeapSnapshot } from 'node:v8'
+import { packageOf } from './lib/areas.mjs'
 
 /**
  * V8's sampling heap profiler, collected objects included: every
@@ -32,9 +33,7 @@ async function sampleAllocations (action) {
   let bytes = 0
   const walk = (node) => {
     const url = node.callFrame.url
-    const modules = url.lastIndexOf('node_modules/')
-    const parts = modules === -1 ? [] : url.slice(modules + 13).split('/')
-    const area = url === '' ? '(V8 and native)' : modules === -1 ? (url.startsWith('node:') ? 'node' : 'own') : parts[0] === '.cache' ? 'own' : parts[0].startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]
+    const area = url === '' ? '(V8 and native)' : url.startsWith('node:') ? 'node' : packageOf(url) ?? 'own'
     byArea[area] = (byArea[area] ?? 0) + node.selfSize
     bytes += node.selfSize
     for (const child of node.children) walk(child)

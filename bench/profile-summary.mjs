@@ -8,6 +8,7 @@
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import path from 'node:path'
+import { packageOf } from './lib/areas.mjs'
 
 const args = process.argv.slice(2)
 const top = Number(args.find((a) => a.startsWith('--top='))?.slice(6) ?? 25)
@@ -25,11 +26,8 @@ if (files.length === 0) {
 function area (url) {
   if (url === '') return '(native / V8)'
   if (url.startsWith('node:')) return url
-  const modules = url.lastIndexOf('node_modules/')
-  if (modules !== -1) {
-    const rest = url.slice(modules + 13).split('/')
-    return rest[0].startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0]
-  }
+  const pkg = packageOf(url)
+  if (pkg !== null) return pkg
   const cwd = `file://${process.cwd()}/`
   return url.startsWith(cwd) ? url.slice(cwd.length) : url
 }

@@ -123,15 +123,15 @@ export async function startRedis ({ args = [] } = {}) {
   }
 }
 
-/**
- * Spawns one server under test with the probe preloaded and an IPC channel,
- * and waits until `readyPath` answers 200.
- */
 /** Node flags that write a V8 CPU profile of the process to `dir/name` when it exits; none without a dir. */
 export function cpuProfArgs (dir, name) {
   return dir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}`]
 }
 
+/**
+ * Spawns one server under test with the probe preloaded and an IPC channel,
+ * and waits until `readyPath` answers 200.
+ */
 export async function startServer ({ name, nodeArgs = [], script, env, port, readyPath = '/ready', cwd, graceMs = 0 }) {
   const child = tracked(spawn(process.execPath, ['--expose-gc', `--import=${PROBE}`, ...nodeArgs, script], {
     cwd, env, stdio: ['ignore', 'pipe', 'pipe', 'ipc']
