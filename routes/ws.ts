@@ -182,15 +182,15 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     state.listeners.push(onClose)
     socket?.once('close', onClose)
     // Independent (another key, another connection): taken concurrently.
-    // History is read once the user is watched, with the claim: every later
-    // alert reaches this instance, so the session misses nothing between
-    // read and live.
+    // History is read once the user is watched, with the claim (the user's
+    // stream in the claim's own step): every later alert reaches this
+    // instance, so the session misses nothing between read and live.
     // (No closure made here may outlive the handshake: they share this
     // hook's context, which holds the upgrade request.)
     const since = state.since
     const [slot, claim] = await Promise.allSettled([
       limits.acquireConnection(request, reply),
-      claims.claim(userId, () => delivery.resume(userId, since))
+      claims.claim(userId, delivery.readFrom(since.user), () => delivery.resumeAll(since.all))
     ])
     if (slot.status === 'fulfilled') {
       reservation.slotKey = slot.value.key
@@ -213,7 +213,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       release(reservation)
       throw new TokenRevokedError()
     }
-    state.plan = claim.value.read
+    state.plan = delivery.plan(since, claim.value.read, claim.value.user)
     if (gone()) {
       // Gone while we waited on Redis, possibly before the listener above.
       release(reservation)

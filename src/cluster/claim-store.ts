@@ -1,4 +1,7 @@
 import type { Redis } from 'ioredis'
+import type { Position } from '../../protocol/position.js'
+import type { HistoryStore, StreamRead } from './history-store.js'
+import { READ_STEP, parseRead, type ReadReply, type RedisHistoryStore } from './redis-history-store.js'
 import type { RedisRevocationStore, RevocationStore } from './revocation-store.js'
 import { taggedKey } from './user-key.js'
 
@@ -13,6 +16,8 @@ export interface ClaimRead {
   generation: number
   /** The user's revocation second (epoch s), or null. */
   revokedBefore: number | null
+  /** The user's history stream as read from the position asked for; null when history is off. */
+  user: StreamRead | null
 }
 
 /**
@@ -23,9 +28,10 @@ export interface ClaimRead {
 export interface ClaimStore {
   /**
    * Takes the next generation, counts one more connection of the user held
-   * here, and reads the user's revocation, in one step.
+   * here, reads the user's revocation and, with history on, the user's
+   * stream from `from` (null: its head; see HistoryStore.read), in one step.
    */
-  claim (userId: string): Promise<ClaimRead>
+  claim (userId: string, from: Position | null): Promise<ClaimRead>
   /** One connection of the user fewer here (after claim(), once). */
   released (userId: string): void
   /** Connections of the user held by the other instances. */
@@ -38,15 +44,18 @@ export interface ClaimStore {
 export class MemoryClaimStore implements ClaimStore {
   readonly #generations = new Map<string, number>()
   readonly #revocations: RevocationStore
+  readonly #history: HistoryStore | null
 
-  constructor (revocations: RevocationStore) {
+  constructor (revocations: RevocationStore, history: HistoryStore | null = null) {
     this.#revocations = revocations
+    this.#history = history
   }
 
-  async claim (userId: string): Promise<ClaimRead> {
+  async claim (userId: string, from: Position | null): Promise<ClaimRead> {
     const generation = (this.#generations.get(userId) ?? 0) + 1
     this.#generations.set(userId, generation)
-    return { generation, revokedBefore: await this.#revocations.revokedBefore(userId) }
+    const [revokedBefore, user] = await Promise.all([this.#revocations.revokedBefore(userId), this.#history?.read(userId, from) ?? null])
+    return { generation, revokedBefore, user }
   }
 
   released (_userId: string): void {}
@@ -74,6 +83,19 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {generation, redis.call('GET', KEYS[3])}
 `
 
+/**
+ * CLAIM, then READ_STEP of the user's history stream: KEYS as CLAIM's, then
+ * the stream and its meta; ARGV as CLAIM's, then READ_STEP's after its keys.
+ * Returns the generation, the revocation second (nil: none) and the read.
+ */
+const CLAIM_READ = `${READ_STEP}
+local generation = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {generation, redis.call('GET', KEYS[3]), read(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])}
+`
+
 /** Decrements this instance's count of the user's connections, dropping it at 0. */
 const RELEASE = `
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -91,6 +113,7 @@ return sum
 
 interface HeldCommands {
   gwClaim: (generation: string, held: string, revoked: string, instanceId: string, generationTtlSec: number, heldTtlSec: number) => Promise<[number, string | null]>
+  gwClaimReadBuffer: (generation: string, held: string, revoked: string, ...args: Array<string | number>) => Promise<[number, Buffer | null, ReadReply]>
   gwHeldRelease: (key: string, instanceId: string) => Promise<unknown>
   gwHeldOthers: (key: string, instanceId: string) => Promise<number>
 }
@@ -109,25 +132,38 @@ export class RedisClaimStore implements ClaimStore {
   readonly #revoked: (userId: string) => string
   readonly #redis: Redis & HeldCommands
   readonly #instanceId: string
+  /** Whose read of the user's stream the claim's step makes; null when history is off. */
+  readonly #history: RedisHistoryStore | null
 
-  constructor (redis: Redis, prefix: string, revocations: RedisRevocationStore, instanceId = '') {
+  constructor (redis: Redis, prefix: string, revocations: RedisRevocationStore, instanceId = '', history: RedisHistoryStore | null = null) {
     this.#generation = taggedKey(prefix, 'gen')
     this.#held = taggedKey(prefix, 'held')
     this.#revoked = revocations.keyOf
     if ((redis as Partial<HeldCommands>).gwHeldRelease === undefined) {
       redis.defineCommand('gwClaim', { numberOfKeys: 3, lua: CLAIM })
+      redis.defineCommand('gwClaimRead', { numberOfKeys: 5, lua: CLAIM_READ })
       redis.defineCommand('gwHeldRelease', { numberOfKeys: 1, lua: RELEASE })
       redis.defineCommand('gwHeldOthers', { numberOfKeys: 1, lua: OTHERS })
     }
     this.#redis = redis as Redis & HeldCommands
     this.#instanceId = instanceId
+    this.#history = history
   }
 
-  async claim (userId: string): Promise<ClaimRead> {
-    const [generation, revoked] = await this.#redis.gwClaim(
-      this.#generation(userId), this.#held(userId), this.#revoked(userId), this.#instanceId, GENERATION_TTL_SEC, HELD_TTL_SEC
+  async claim (userId: string, from: Position | null): Promise<ClaimRead> {
+    if (this.#history === null) {
+      const [generation, revoked] = await this.#redis.gwClaim(
+        this.#generation(userId), this.#held(userId), this.#revoked(userId), this.#instanceId, GENERATION_TTL_SEC, HELD_TTL_SEC
+      )
+      return { generation, revokedBefore: revoked === null ? null : Number(revoked), user: null }
+    }
+    // The user's keys share one slot (`{<userId>}`): one script on a Cluster too.
+    const [stream, meta, ...read] = this.#history.readStep(userId, from)
+    const [generation, revoked, reply] = await this.#redis.gwClaimReadBuffer(
+      this.#generation(userId), this.#held(userId), this.#revoked(userId), stream, meta,
+      this.#instanceId, GENERATION_TTL_SEC, HELD_TTL_SEC, ...read
     )
-    return { generation, revokedBefore: revoked === null ? null : Number(revoked) }
+    return { generation, revokedBefore: revoked === null ? null : Number(revoked.toString('latin1')), user: parseRead(reply) }
   }
 
   released (userId: string): void {

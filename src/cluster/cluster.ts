@@ -69,11 +69,12 @@ export function createCluster (opts: ClusterOptions): Cluster {
   if (target === null) {
     const broker = new MemoryBroker()
     const revocations = new MemoryRevocationStore()
+    const history = opts.history.maxEntries === 0 ? null : new MemoryHistoryStore(opts.history, (topic, message) => broker.loopback(topic, message))
     return {
       broker,
-      claims: new MemoryClaimStore(revocations),
+      claims: new MemoryClaimStore(revocations, history),
       revocations,
-      history: opts.history.maxEntries === 0 ? null : new MemoryHistoryStore(opts.history, (topic, message) => broker.loopback(topic, message)),
+      history,
       idempotency: new MemoryIdempotencyStore(opts.idempotencyWindowMs),
       sessionCounts: new MemorySessionCounts(),
       redis: null,
@@ -84,9 +85,8 @@ export function createCluster (opts: ClusterOptions): Cluster {
   }
   const connections = createRedisConnections(target, opts.commandTimeoutMs)
   const revocations = new RedisRevocationStore(connections.command, opts.prefix)
-  const claims = new RedisClaimStore(connections.command, opts.prefix, revocations, opts.instanceId)
   const broker = new RedisBroker({ connections, instanceId: opts.instanceId, prefix: opts.prefix, log: opts.log, probeIntervalMs: opts.probeIntervalMs })
-  const history = opts.history.maxEntries === 0
+  const history: RedisHistoryStore | null = opts.history.maxEntries === 0
     ? null
     : new RedisHistoryStore({
       redis: connections.command,
@@ -98,6 +98,8 @@ export function createCluster (opts: ClusterOptions): Cluster {
       held: { keyOf: (userId) => claims.heldKey(userId), instanceId: opts.instanceId },
       topicOf
     })
+  // The claim reads the user's history stream in its own step.
+  const claims: RedisClaimStore = new RedisClaimStore(connections.command, opts.prefix, revocations, opts.instanceId, history)
   return {
     broker,
     claims,

@@ -76,36 +76,43 @@ return out
 `
 
 /**
- * KEYS: stream, meta. ARGV: epoch if the stream has none, the asked epoch
- * ('' for the head only), after seq, max entries, oldest ts kept (ms), meta
- * ttl (ms). Returns epoch, top, then seq and frame of each entry, oldest
- * first.
+ * One stream's read (see READ): stream, meta, then epoch if the stream has
+ * none, the asked epoch ('' for the head only), after seq, max entries,
+ * oldest ts kept (ms), meta ttl (ms). Returns epoch, top, then seq and frame
+ * of each entry, oldest first. The claim's script runs it too, for the
+ * user's stream (RedisClaimStore).
  */
-const READ = `
-local e = redis.call('HGET', KEYS[2], 'e')
-if not e then
-  redis.call('DEL', KEYS[1])
-  e = ARGV[1]
-  redis.call('HSET', KEYS[2], 'e', e, 's', 0)
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
-  return {e, 0}
-end
-local top = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
-local out = {e, top}
-if ARGV[2] == '' then return out end
-local after = 0
-if ARGV[2] == e then after = tonumber(ARGV[3]) end
-if after >= top then return out end
-local entries = redis.call('XREVRANGE', KEYS[1], '+', '(' .. after .. '-0', 'COUNT', ARGV[4])
-local oldest = tonumber(ARGV[5])
-for i = #entries, 1, -1 do
-  local fields = entries[i][2]
-  if tonumber(fields[4]) >= oldest then
-    out[#out + 1] = entries[i][1]
-    out[#out + 1] = fields[2]
+export const READ_STEP = `
+local function read (stream, meta, newEpoch, asked, afterSeq, maxEntries, oldestMs, metaTtl)
+  local e = redis.call('HGET', meta, 'e')
+  if not e then
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', newEpoch, 's', 0)
+    redis.call('PEXPIRE', meta, metaTtl)
+    return {newEpoch, 0}
   end
+  local top = tonumber(redis.call('HGET', meta, 's') or '0')
+  local out = {e, top}
+  if asked == '' then return out end
+  local after = 0
+  if asked == e then after = tonumber(afterSeq) end
+  if after >= top then return out end
+  local entries = redis.call('XREVRANGE', stream, '+', '(' .. after .. '-0', 'COUNT', maxEntries)
+  local oldest = tonumber(oldestMs)
+  for i = #entries, 1, -1 do
+    local fields = entries[i][2]
+    if tonumber(fields[4]) >= oldest then
+      out[#out + 1] = entries[i][1]
+      out[#out + 1] = fields[2]
+    end
+  end
+  return out
 end
-return out
+`
+
+/** KEYS: stream, meta. ARGV: READ_STEP's after its keys. */
+const READ = `${READ_STEP}
+return read(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 `
 
 /**
@@ -139,7 +146,18 @@ const APPEND_BATCH = 100
 const FIND_BATCH = 256
 
 type AppendReply = [Buffer, number, number, number]
-type ReadReply = [Buffer, number, ...Buffer[]]
+/** READ_STEP's answer, as ioredis gives it for a Buffer command. */
+export type ReadReply = [Buffer, number, ...Buffer[]]
+
+/** A stream as READ_STEP read it. */
+export function parseRead (reply: ReadReply): StreamRead {
+  const entries: HistoryEntry[] = []
+  for (let i = 2; i < reply.length; i += 2) {
+    // Entry ids are `<seq>-0`.
+    entries.push({ seq: parseInt((reply[i] as Buffer).toString('latin1'), 10), frame: reply[i + 1] as Buffer })
+  }
+  return { epoch: reply[0].toString('latin1'), top: reply[1], entries }
+}
 
 interface HistoryCommands {
   gwHistoryAppendBuffer: (stream: string, meta: string, held: string, ...args: Array<string | number | Buffer>) => Promise<AppendReply>
@@ -287,17 +305,17 @@ export class RedisHistoryStore implements HistoryStore {
   }
 
   async read (owner: StreamOwner, from: Position | null): Promise<StreamRead> {
+    const [stream, meta, ...args] = this.readStep(owner, from)
+    return parseRead(await this.#redis.gwHistoryReadBuffer(stream, meta, ...args))
+  }
+
+  /** READ_STEP's keys and arguments for a read of the stream from `from` (null: its head). */
+  readStep (owner: StreamOwner, from: Position | null): [string, string, string, string, number, number, number, number] {
     const [stream, meta] = this.#keys(owner)
-    const reply = await this.#redis.gwHistoryReadBuffer(
+    return [
       stream, meta, newEpoch(), from === null ? '' : from.epoch, from === null ? 0 : from.seq,
       this.#limits.maxEntries, Date.now() - this.#limits.retentionMs, STREAM_META_TTL_MS
-    )
-    const entries: HistoryEntry[] = []
-    for (let i = 2; i < reply.length; i += 2) {
-      // Entry ids are `<seq>-0`.
-      entries.push({ seq: parseInt((reply[i] as Buffer).toString('latin1'), 10), frame: reply[i + 1] as Buffer })
-    }
-    return { epoch: reply[0].toString('latin1'), top: reply[1], entries }
+    ]
   }
 
   #keys (owner: StreamOwner): [string, string] {

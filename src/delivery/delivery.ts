@@ -140,7 +140,7 @@ export class Delivery {
   readonly #watched = new Map<string, { refs: number, ready: Promise<void>, follow: StreamFollow | null }>()
   readonly #all: StreamFollow | null
   readonly #hooks: FollowHooks
-  /** The broadcast stream's epoch as last read (see #epochOf). */
+  /** The broadcast stream's epoch as last read (see #allEpochOf). */
   #allEpoch = ''
   readonly #allReadMaxAgeMs: number
   /** Reads of the broadcast stream by position asked ('' for the head), cleared every max age. */
@@ -330,29 +330,44 @@ export class Delivery {
   }
 
   /**
-   * Before a session of `userId` registers (its user watched): reads the
-   * head of both streams and, for each `since` position given, what came
-   * after it. Positions are well-formed; one this server never wrote counts
-   * as unknown.
+   * Where a session reads a stream from (the user's: in the claim's step,
+   * UserClaims.claim): null for its head, else after the `since_*` position
+   * given. Positions are well-formed; one this server never wrote reads as
+   * another epoch: the newest entries, not recovered.
    */
-  async resume (userId: string, since: { all?: string, user?: string }): Promise<ResumePlan> {
-    const asked = since.all !== undefined || since.user !== undefined
-    if (this.#history === null) return { asked, all: null, user: null }
-    const [all, user] = await Promise.all([this.#plan(null, since.all), this.#plan(userId, since.user)])
-    return { asked, all, user }
+  readFrom (since: string | undefined): Position | null {
+    if (since === undefined) return null
+    return parsePosition(since) ?? { epoch: '-', seq: 0 }
   }
 
-  async #plan (owner: StreamOwner, since: string | undefined): Promise<StreamPlan> {
-    const history = this.#history as HistoryStore
-    if (since === undefined) {
-      const read = await (owner === null ? this.#readAll(history, null) : history.read(owner, null))
-      return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: [], recovered: true }
+  /**
+   * Before a session registers: the broadcast stream's head and, with
+   * `since_all`, what came after it (null when history is off).
+   */
+  async resumeAll (since: string | undefined): Promise<StreamPlan | null> {
+    if (this.#history === null) return null
+    const from = this.readFrom(since)
+    const read = await this.#readAll(this.#history, from)
+    return this.#planOf(from, read, this.#allEpochOf(read.epoch))
+  }
+
+  /**
+   * A session's plan: the broadcast stream's (resumeAll()) and the user's,
+   * read in the claim's step from `readFrom(since.user)` once the user was
+   * watched (null when history is off).
+   */
+  plan (since: { all?: string, user?: string }, all: StreamPlan | null, user: StreamRead | null): ResumePlan {
+    return {
+      asked: since.all !== undefined || since.user !== undefined,
+      all,
+      user: user === null ? null : this.#planOf(this.readFrom(since.user), user, user.epoch)
     }
-    // Unknown positions read as another epoch: the newest entries, not recovered.
-    const from: Position = parsePosition(since) ?? { epoch: '-', seq: 0 }
-    const read: StreamRead = await (owner === null ? this.#readAll(history, from) : history.read(owner, from))
-    const recovered = from.epoch === read.epoch && from.seq <= read.top && read.entries.length === read.top - from.seq
-    return { epoch: this.#epochOf(owner, read.epoch), top: read.top, replay: read.entries, recovered }
+  }
+
+  /** A stream's plan from its read from `from`; recovered when nothing after `from` is missing. */
+  #planOf (from: Position | null, read: StreamRead, epoch: string): StreamPlan {
+    const recovered = from === null || (from.epoch === read.epoch && from.seq <= read.top && read.entries.length === read.top - from.seq)
+    return { epoch, top: read.top, replay: read.entries, recovered }
   }
 
   /**
@@ -402,8 +417,7 @@ export class Delivery {
    * The broadcast epoch as one string for every session that keeps it (its
    * floor), not a copy read per handshake.
    */
-  #epochOf (owner: StreamOwner, epoch: string): string {
-    if (owner !== null) return epoch
+  #allEpochOf (epoch: string): string {
     if (epoch !== this.#allEpoch) this.#allEpoch = epoch
     return this.#allEpoch
   }

@@ -1,4 +1,6 @@
+import type { Position } from '../../protocol/position.js'
 import type { ClaimStore } from '../cluster/claim-store.js'
+import type { StreamRead } from '../cluster/history-store.js'
 import type { ControlEvent, Delivery } from '../delivery/delivery.js'
 import type { SessionRegistry } from './session-registry.js'
 
@@ -8,6 +10,8 @@ export interface Claim<T> {
   generation: number
   /** The user's revocation second read after subscribing, or null. */
   revokedBefore: number | null
+  /** The user's history stream read in the claim's step; null when history is off. */
+  user: StreamRead | null
   /** What the claim's `read` gave. */
   read: T
 }
@@ -51,15 +55,16 @@ export class UserClaims {
   }
 
   /**
-   * Watches the user, then takes a generation and reads the revocation (one
-   * step), and `read` (what must be read once every later event of the user
-   * reaches this instance) at the same time; call release() unless it throws.
+   * Watches the user, then takes a generation and reads the revocation and
+   * the user's history stream from `from` (one step), and `read` (more that
+   * must be read once every later event of the user reaches this instance)
+   * at the same time; call release() unless it throws.
    */
-  async claim<T> (userId: string, read: () => Promise<T>): Promise<Claim<T>> {
+  async claim<T> (userId: string, from: Position | null, read: () => Promise<T>): Promise<Claim<T>> {
     await this.#delivery.watch(userId)
     try {
-      const [{ generation, revokedBefore }, value] = await Promise.all([this.#store.claim(userId), read()])
-      return { generation, revokedBefore, read: value }
+      const [{ generation, revokedBefore, user }, value] = await Promise.all([this.#store.claim(userId, from), read()])
+      return { generation, revokedBefore, user, read: value }
     } catch (err) {
       this.release(userId)
       throw err

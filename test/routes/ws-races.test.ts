@@ -1,6 +1,7 @@
 import t from 'tap'
 import type { Socket } from 'node:net'
 import WebSocket from 'ws'
+import type { Position } from '../../protocol/position.js'
 import { build } from '../helpers/build.js'
 import { nowSec, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
@@ -9,7 +10,7 @@ import { TestClient } from '../helpers/ws-client.js'
 
 t.test('a connection overtaken by a newer claim before it completed is closed with 4409', async (t) => {
   const { app, wsUrl } = await build(t)
-  await app.claims.claim('racer', async () => {})
+  await app.claims.claim('racer', null, async () => {})
   app.claims.apply('racer', { type: 'claim', generation: 50 })
   const { client } = await TestClient.connect(wsUrl, { token: userToken('racer') })
   t.equal((await client.waitClosed()).code, 4409)
@@ -31,10 +32,10 @@ t.test('a client gone while its claim was pending leaves no slot behind', async 
   let proceed!: () => void
   const atClaim = new Promise<void>((resolve) => { reached = resolve })
   const gate = new Promise<void>((resolve) => { proceed = resolve })
-  app.claims.claim = async <T>(userId: string, read: () => Promise<T>) => {
+  app.claims.claim = async <T>(userId: string, from: Position | null, read: () => Promise<T>) => {
     reached()
     await gate
-    return await original(userId, read)
+    return await original(userId, from, read)
   }
   let serverSide: Socket | undefined
   app.server.once('upgrade', (_req: unknown, socket: Socket) => { serverSide = socket })
@@ -70,10 +71,10 @@ t.test('a claim that fails while the address slot was taken answers 503 and free
 t.test('a logout stored before the claim refuses the upgrade with 403 (read again after subscribing)', async (t) => {
   const { app, wsUrl } = await build(t)
   const original = app.claims.claim.bind(app.claims)
-  app.claims.claim = async <T>(userId: string, read: () => Promise<T>) => {
+  app.claims.claim = async <T>(userId: string, from: Position | null, read: () => Promise<T>) => {
     // The logout lands after the onRequest check, before the claim.
     await app.cluster.revocations.revoke(userId, nowSec(), 60)
-    return await original(userId, read)
+    return await original(userId, from, read)
   }
   t.equal((await TestClient.refused(wsUrl, { token: userToken('late-logout') })).status, 403)
   t.equal(app.claims.loggedOutSince('late-logout', 0), false, 'the refused claim was released')
@@ -82,8 +83,8 @@ t.test('a logout stored before the claim refuses the upgrade with 403 (read agai
 t.test('a logout seen after the claim closes the new session with 4403 as soon as it is registered', async (t) => {
   const { app, wsUrl } = await build(t)
   const original = app.claims.claim.bind(app.claims)
-  app.claims.claim = async <T>(userId: string, read: () => Promise<T>) => {
-    const claim = await original(userId, read)
+  app.claims.claim = async <T>(userId: string, from: Position | null, read: () => Promise<T>) => {
+    const claim = await original(userId, from, read)
     // The logout event arrives while the 101 is on its way.
     app.claims.apply(userId, { type: 'logout', before: nowSec() })
     return claim

@@ -2,9 +2,11 @@ import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { parsePosition, type Position } from '../../../protocol/position.js'
 import { ALL_TOPIC, userTopic } from '../../../src/cluster/broker.js'
-import { historyMessage, readHistoryMessage, type HistoryLimits, type HistoryStore, type StreamOwner } from '../../../src/cluster/history-store.js'
+import { MemoryClaimStore, RedisClaimStore } from '../../../src/cluster/claim-store.js'
+import { historyMessage, readHistoryMessage, type HistoryLimits, type HistoryStore, type StreamOwner, type StreamRead } from '../../../src/cluster/history-store.js'
 import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
 import { RedisHistoryStore } from '../../../src/cluster/redis-history-store.js'
+import { MemoryRevocationStore, RedisRevocationStore } from '../../../src/cluster/revocation-store.js'
 import calculateSlot from 'cluster-key-slot'
 import { RedisServer } from '../../helpers/redis-server.js'
 import { waitUntil } from '../../helpers/timeout.js'
@@ -24,6 +26,8 @@ interface Bus {
   loseHistory: () => Promise<void>
   /** Whether the stream's entries are gone from the backing store (Redis: the key expired). */
   entriesGone: (owner: StreamOwner) => Promise<boolean>
+  /** A user's stream as the claim's step reads it (the /ws handshake's read), beside store.read(). */
+  claimRead: (userId: string, from: Position | null) => Promise<StreamRead>
 }
 
 type BusName = 'memory' | 'redis'
@@ -40,7 +44,8 @@ function memoryBus (_t: Test, limits: HistoryLimits): Promise<Bus> {
     store: new MemoryHistoryStore(limits, deliver),
     handed,
     loseHistory: async () => { bus.store = new MemoryHistoryStore(limits, deliver) },
-    entriesGone: async () => true
+    entriesGone: async () => true,
+    claimRead: async (userId, from) => (await new MemoryClaimStore(new MemoryRevocationStore(), bus.store).claim(userId, from)).user as StreamRead
   }
   return Promise.resolve(bus)
 }
@@ -73,11 +78,13 @@ function redisBuses (server: RedisServer): (t: Test, limits: HistoryLimits) => P
       origin: ORIGIN,
       topicOf
     })
+    const claims = new RedisClaimStore(command, prefix, new RedisRevocationStore(command, prefix), 'inst', store)
     return {
       command,
       prefix,
       store,
       handed,
+      claimRead: async (userId, from) => (await claims.claim(userId, from)).user as StreamRead,
       loseHistory: async () => { await command.flushall() },
       entriesGone: async (owner) => await command.exists(owner === null ? `${prefix}all-hist:{all}` : `${prefix}hist:{${owner}}`) === 0
     }
@@ -156,28 +163,39 @@ function storeSuite (t: Test, name: BusName, make: MakeBus): void {
     t.equal((await bus.store.read('new', null)).epoch, head.epoch, 'stable across reads')
     const first = await append(bus, 'new', 'n1')
     t.same(first.pos, { epoch: head.epoch, seq: 1 }, 'the position handed out at the head stays valid')
+
+    const claimed = await bus.claimRead('fresh', null)
+    t.same({ top: claimed.top, entries: claimed.entries }, { top: 0, entries: [] }, 'the claim\'s read gives a stream never written an epoch too')
+    t.equal((await bus.store.read('fresh', null)).epoch, claimed.epoch, 'the one read() then gives')
+    t.same((await append(bus, 'fresh', 'f1')).pos, { epoch: claimed.epoch, seq: 1 }, 'and appends continue')
   })
 
-  t.test(`${name}: reads from every kind of position`, async (t) => {
-    const bus = await make(t, LIMITS)
-    const pos = []
-    for (let i = 1; i <= 5; i++) pos.push((await append(bus, 'ann', `u${i}`)).pos)
-    const epoch = pos[0].epoch
+  // Both ways a user's stream is read: read(), and the claim's step at a handshake.
+  for (const via of ['read', 'claim'] as const) {
+    t.test(`${name}: reads from every kind of position (${via})`, async (t) => {
+      const bus = await make(t, LIMITS)
+      const read = (owner: string, from: Position | null): Promise<StreamRead> => via === 'read' ? bus.store.read(owner, from) : bus.claimRead(owner, from)
+      const seqs = async (owner: string, from: Position): Promise<number[]> => (await read(owner, from)).entries.map((entry) => entry.seq)
+      const pos = []
+      for (let i = 1; i <= 5; i++) pos.push((await append(bus, 'ann', `u${i}`)).pos)
+      const epoch = pos[0].epoch
 
-    const head = await bus.store.read('ann', null)
-    t.same({ epoch: head.epoch, top: head.top, entries: head.entries }, { epoch, top: 5, entries: [] }, 'absent: the head only')
-    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 5 }), [], 'current: nothing after it')
-    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 4 }), [5], 'one behind: the newest')
-    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 2 }), [3, 4, 5], 'just before the oldest kept: no hole')
-    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 1 }), [3, 4, 5], 'trimmed: entries start after a hole (2 is gone)')
-    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 0 }), [3, 4, 5], 'start of the epoch: the newest kept')
-    t.same(await seqsAfter(bus, 'ann', { epoch, seq: 9 }), [], 'ahead of the top: nothing')
-    const foreign = await bus.store.read('ann', { epoch: 'other', seq: 4 })
-    t.same({ epoch: foreign.epoch, top: foreign.top, seqs: foreign.entries.map((e) => e.seq) }, { epoch, top: 5, seqs: [3, 4, 5] }, 'foreign epoch: the newest entries of the current one')
-    const unknown = await bus.store.read('ann', { epoch: '-', seq: 0 })
-    t.same(unknown.entries.map((e) => e.seq), [3, 4, 5], 'the stand-in for an unknown position reads like a foreign epoch')
-    t.same(await seqsAfter(bus, 'bob', { epoch, seq: 0 }), [], 'another stream shares nothing')
-  })
+      const head = await read('ann', null)
+      t.same({ epoch: head.epoch, top: head.top, entries: head.entries }, { epoch, top: 5, entries: [] }, 'absent: the head only')
+      t.same(await seqs('ann', { epoch, seq: 5 }), [], 'current: nothing after it')
+      t.same(await seqs('ann', { epoch, seq: 4 }), [5], 'one behind: the newest')
+      t.same(await seqs('ann', { epoch, seq: 2 }), [3, 4, 5], 'just before the oldest kept: no hole')
+      t.same(await seqs('ann', { epoch, seq: 1 }), [3, 4, 5], 'trimmed: entries start after a hole (2 is gone)')
+      t.same(await seqs('ann', { epoch, seq: 0 }), [3, 4, 5], 'start of the epoch: the newest kept')
+      t.same(await seqs('ann', { epoch, seq: 9 }), [], 'ahead of the top: nothing')
+      const foreign = await read('ann', { epoch: 'other', seq: 4 })
+      t.same({ epoch: foreign.epoch, top: foreign.top, seqs: foreign.entries.map((e) => e.seq) }, { epoch, top: 5, seqs: [3, 4, 5] }, 'foreign epoch: the newest entries of the current one')
+      t.same(foreign.entries.map((e) => e.frame.toString()), [3, 4, 5].map((seq) => `${HEAD(`u${seq}`)}${epoch}:${seq}${TAIL}`), 'each entry is its frame as written')
+      const unknown = await read('ann', { epoch: '-', seq: 0 })
+      t.same(unknown.entries.map((e) => e.seq), [3, 4, 5], 'the stand-in for an unknown position reads like a foreign epoch')
+      t.same(await seqs('bob', { epoch, seq: 0 }), [], 'another stream shares nothing')
+    })
+  }
 
   t.test(`${name}: trimmed by count at every append, oldest first`, async (t) => {
     const bus = await make(t, LIMITS)
@@ -241,6 +259,20 @@ t.test('redis', async (t) => {
     const next = await append(bus, 'ann', 'u3')
     t.not(next.pos.epoch, first.pos.epoch)
     t.same(await seqsAfter(bus, 'ann', { epoch: next.pos.epoch, seq: 0 }), [1], 'only the new epoch\'s entry')
+  })
+
+  t.test('redis: a claim and its read of the user\'s stream are one script', async (t) => {
+    const bus = await make(t, LIMITS)
+    const { pos } = await append(bus, 'ann', 'u1')
+    await bus.claimRead('ann', null)
+    const scripts = async (): Promise<number> => {
+      const stats = await bus.command.info('commandstats')
+      return ['evalsha', 'eval'].reduce((sum, name) => sum + Number(new RegExp(`^cmdstat_${name}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0), 0)
+    }
+    const before = await scripts()
+    const read = await bus.claimRead('ann', { epoch: pos.epoch, seq: 0 })
+    t.equal(await scripts() - before, 1, 'one script')
+    t.same(read.entries.map((entry) => entry.seq), [1], 'with the entries after the position')
   })
 
   t.test('redis: sharded (Cluster), one alert to many users runs one script per slot, at most 100 users each', async (t) => {

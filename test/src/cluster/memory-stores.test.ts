@@ -19,7 +19,7 @@ t.test('the in-process stores of a single instance', async (t) => {
   const claims = new MemoryClaimStore(revocations)
   t.equal(await claims.othersHolding('ann'), 0, 'no other instance holds anyone')
   await revocations.revoke('ann', 100, 60)
-  t.same(await claims.claim('ann'), { generation: 1, revokedBefore: 100 }, 'a claim reads the revocation')
+  t.same(await claims.claim('ann', null), { generation: 1, revokedBefore: 100, user: null }, 'a claim reads the revocation; no history, no stream read')
   t.equal(new MemoryIdempotencyStore(60_000).record(), undefined, 'nothing to store with an append: a crash loses it all anyway')
 })
 

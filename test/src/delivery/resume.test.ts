@@ -5,7 +5,7 @@ import type { Alert, Welcome } from '../../../protocol/frames.js'
 import type { Position } from '../../../protocol/position.js'
 import { createCluster, type Cluster } from '../../../src/cluster/cluster.js'
 import type { AppendResult, HistoryStore, StreamOwner, StreamRead } from '../../../src/cluster/history-store.js'
-import { Delivery } from '../../../src/delivery/delivery.js'
+import { Delivery, type ResumePlan } from '../../../src/delivery/delivery.js'
 import type { GatewayMetrics } from '../../../src/lib/metrics.js'
 import { SessionRegistry } from '../../../src/session/session-registry.js'
 import { Session } from '../../../src/session/session.js'
@@ -129,6 +129,16 @@ async function gateway (t: Test, redisUrl?: string, allReadMaxAgeMs = 0): Promis
   }
 }
 
+/**
+ * A session's plan as the /ws route makes it: the broadcast stream's, and
+ * the user's stream read from `since_user` (in the route, by the claim's
+ * step; here through the held history, so that the tests can hold it).
+ */
+async function resume (gw: Gateway, since: { all?: string, user?: string }): Promise<ResumePlan> {
+  const [all, user] = await Promise.all([gw.delivery.resumeAll(since.all), gw.history.read(USER, gw.delivery.readFrom(since.user))])
+  return gw.delivery.plan(since, all, user)
+}
+
 /** A session on a socket that records what is written to it. */
 function session (id: string): { session: Session, frames: Frame[] } {
   const frames: Frame[] = []
@@ -152,7 +162,7 @@ function welcome (id: string): Welcome {
 /** A session of the user that follows everything live (it shows when an alert went through this instance). */
 async function observer (gw: Gateway): Promise<Frame[]> {
   const { session: s, frames } = session('observer')
-  gw.delivery.attach(s, await gw.delivery.resume(USER, {}), welcome('observer'))
+  gw.delivery.attach(s, await resume(gw, {}), welcome('observer'))
   return frames
 }
 
@@ -194,7 +204,7 @@ for (const bus of ['memory', 'redis'] as const) {
 
     gw.history.holdNext(2)
     await gw.delivery.watch(USER)
-    const planned = gw.delivery.resume(USER, { all: sinceAll, user: sinceUser })
+    const planned = resume(gw, { all: sinceAll, user: sinceUser })
     await waitUntil(() => gw.history.waiting === 2, 5000, 'both reads held')
     await publishSeen(gw, seen, ['all', 'a4'], ['user', 'u4'])
     gw.history.before.open()
@@ -236,7 +246,7 @@ for (const bus of ['memory', 'redis'] as const) {
     gw.history.holdNext(2)
     gw.history.before.open()
     await gw.delivery.watch(USER)
-    const planned = gw.delivery.resume(USER, { user: since })
+    const planned = resume(gw, { user: since })
     await waitUntil(() => gw.history.computed === 2, 5000, 'both reads computed')
     const during = []
     for (let i = 2; i <= 12; i++) during.push(['user', `u${i}`] as ['user', string])
@@ -258,7 +268,7 @@ for (const bus of ['memory', 'redis'] as const) {
     const [a1, a2] = await publishSeen(gw, seen, ['all', 'a1'], ['all', 'a2'])
     for (const since of ['other:1', 'well.formed-but:unknown', `${a1.split(':')[0]}:01`]) {
       const { session: s, frames } = session(since)
-      gw.delivery.attach(s, await gw.delivery.resume(USER, { all: since }), welcome(since))
+      gw.delivery.attach(s, await resume(gw, { all: since }), welcome(since))
       t.same(frames.map((f) => [f.type, f.title, f.replay]), [
         ['welcome', undefined, undefined], ['alert', 'a1', true], ['alert', 'a2', true], ['resumed', undefined, undefined]
       ], since)
@@ -266,7 +276,7 @@ for (const bus of ['memory', 'redis'] as const) {
       gw.registry.remove(s)
     }
     const { session: s, frames } = session('current')
-    gw.delivery.attach(s, await gw.delivery.resume(USER, { all: a2 }), welcome('current'))
+    gw.delivery.attach(s, await resume(gw, { all: a2 }), welcome('current'))
     t.same(frames.map((f) => f.type), ['welcome', 'resumed'], 'the current position: nothing to replay')
     t.match(frames[1], { recovered: true, replayed: 0 })
   })
@@ -281,7 +291,7 @@ for (const bus of ['memory', 'redis'] as const) {
 
     // Within the age limit: the head read before a1 serves this session too.
     const { session: s, frames } = session('shared')
-    gw.delivery.attach(s, await gw.delivery.resume(USER, {}), welcome('shared'))
+    gw.delivery.attach(s, await resume(gw, {}), welcome('shared'))
     t.equal(gw.history.headReads, 1, 'no read of its own')
     const head = (frames[0].pos as { all: string }).all
     t.equal(Number(head.split(':')[1]), Number(a1.split(':')[1]) - 1, 'its welcome has the head as read before a1')
@@ -291,17 +301,17 @@ for (const bus of ['memory', 'redis'] as const) {
     t.same(titles(frames), ['a1', 'a2'], 'then live, none twice')
 
     // Sessions starting together share one read; every session gets one plan.
-    const plans = await Promise.all([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {})])
+    const plans = await Promise.all([resume(gw, {}), resume(gw, {})])
     t.equal(plans[0].all?.epoch, plans[1].all?.epoch)
     t.equal(gw.history.headReads, 1, 'still the one read')
 
     // Resumes from one position (a deploy's moved clients) share a read as
     // well, and each gets the replay, then what went by after the read.
     const [a3] = await publishSeen(gw, seen, ['all', 'a3'])
-    const together = await Promise.all([gw.delivery.resume(USER, { all: a1 }), gw.delivery.resume(USER, { all: a1 })])
+    const together = await Promise.all([resume(gw, { all: a1 }), resume(gw, { all: a1 })])
     t.equal(gw.history.allReadsFrom, 1, 'two resumes from a1: one read')
     await publishSeen(gw, seen, ['all', 'a4'])
-    const later = await gw.delivery.resume(USER, { all: a1 })
+    const later = await resume(gw, { all: a1 })
     t.equal(gw.history.allReadsFrom, 1, 'a third one, after a4: the same read')
     for (const [k, plan] of [...together, later].entries()) {
       const { session: r, frames: got } = session(`resumed-${k}`)
@@ -311,7 +321,7 @@ for (const bus of ['memory', 'redis'] as const) {
       t.notOk(got.find((f) => f.title === 'a4')?.replay, 'a4 went by after the read: live, not a replay')
       t.equal((got[0].pos as { all: string }).all, a3, 'its welcome has the position read')
     }
-    await gw.delivery.resume(USER, { all: a3 })
+    await resume(gw, { all: a3 })
     t.equal(gw.history.allReadsFrom, 2, 'another position: a read of its own')
 
     // Once the follow has moved on by half its ring since the read, a new
@@ -319,11 +329,11 @@ for (const bus of ['memory', 'redis'] as const) {
     const heads = gw.history.headReads
     for (let i = 0; i < 123; i++) await gw.publish('all', `burst-${i}`)
     await received(seen, 'burst-122')
-    await gw.delivery.resume(USER, {})
+    await resume(gw, {})
     t.equal(gw.history.headReads, heads, '127 broadcasts after the read (a1-a4 and 123): still shared')
     await publishSeen(gw, seen, ['all', 'burst-123'])
     const { session: late, frames: lateFrames } = session('late')
-    gw.delivery.attach(late, await gw.delivery.resume(USER, {}), welcome('late'))
+    gw.delivery.attach(late, await resume(gw, {}), welcome('late'))
     t.equal(gw.history.headReads, heads + 1, '128 after it: a read of its own')
     t.same(lateFrames.map((f) => f.type), ['welcome'], 'nothing to write after the welcome, no gap')
   })
@@ -331,17 +341,17 @@ for (const bus of ['memory', 'redis'] as const) {
 
 t.test('memory: past its age limit a head read is not shared; while out it is; a failed one is not kept', async (t) => {
   const gw = await gateway(t)
-  await gw.delivery.resume(USER, {})
-  await gw.delivery.resume(USER, {})
+  await resume(gw, {})
+  await resume(gw, {})
   t.equal(gw.history.headReads, 2, 'answered reads are not shared (limit 0)')
-  await Promise.all([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {}), gw.delivery.resume(USER, { user: 'none:0' })])
+  await Promise.all([resume(gw, {}), resume(gw, {}), resume(gw, { user: 'none:0' })])
   t.equal(gw.history.headReads, 3, 'three sessions starting together: one read')
 
   gw.history.failNextHead = true
-  const failed = await Promise.allSettled([gw.delivery.resume(USER, {}), gw.delivery.resume(USER, {})])
+  const failed = await Promise.allSettled([resume(gw, {}), resume(gw, {})])
   t.same(failed.map((r) => r.status), ['rejected', 'rejected'], 'the sessions waiting on a failed read fail with it')
   t.equal(gw.history.headReads, 4)
-  const plan = await gw.delivery.resume(USER, {})
+  const plan = await resume(gw, {})
   t.ok(plan.all !== null, 'the next session reads again, and gets its plan')
   t.equal(gw.history.headReads, 5)
 })
@@ -354,7 +364,7 @@ t.test('redis: a read shared before the broadcast stream started over is not use
   await (gw.cluster.redis as NonNullable<Cluster['redis']>).flushall()
   const [b1] = await publishSeen(gw, seen, ['all', 'b1'])
   const { session: s, frames } = session('after')
-  gw.delivery.attach(s, await gw.delivery.resume(USER, {}), welcome('after'))
+  gw.delivery.attach(s, await resume(gw, {}), welcome('after'))
   t.equal(gw.history.headReads, 2, 'the head is read afresh')
   t.equal((frames[0].pos as { all: string }).all, b1, 'its welcome has the new epoch\'s head')
   t.same(frames.map((f) => f.type), ['welcome'], 'no gap for a session that starts after it')
@@ -372,7 +382,7 @@ t.test('redis: history lost during a resume: the session is told, and gets the n
   gw.history.holdNext(2)
   gw.history.before.open()
   await gw.delivery.watch(USER)
-  const planned = gw.delivery.resume(USER, { all: since })
+  const planned = resume(gw, { all: since })
   await waitUntil(() => gw.history.computed === 2, 5000, 'both reads computed')
   await (gw.cluster.redis as NonNullable<Cluster['redis']>).flushall()
   await publishSeen(gw, seen, ['all', 'b1'], ['all', 'b2'])

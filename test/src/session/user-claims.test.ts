@@ -22,26 +22,26 @@ t.test('a failed subscription or generation releases what was taken', async (t) 
   broker.subscribe = async () => { throw new Error('subscriber down') }
   const first = claimsWith({ broker })
   let read = 0
-  await t.rejects(first.claims.claim('u', async () => { read++ }), /subscriber down/)
+  await t.rejects(first.claims.claim('u', null, async () => { read++ }), /subscriber down/)
   t.notOk(first.delivery.watching('u'), 'nothing watched when the subscription failed')
   t.equal(read, 0, 'nor read: its events would not all reach this instance')
 
   const store = new MemoryClaimStore(new MemoryRevocationStore())
   store.claim = async () => { throw new Error('INCR failed') }
   const second = claimsWith({ store })
-  await t.rejects(second.claims.claim('u', async () => {}), /INCR failed/)
+  await t.rejects(second.claims.claim('u', null, async () => {}), /INCR failed/)
   t.notOk(second.delivery.watching('u'), 'the watch is released when the generation fails')
   second.claims.apply('u', { type: 'claim', generation: 5 })
   t.notOk(second.claims.superseded('u', 1), 'and the user is no longer tracked')
 
   const third = claimsWith()
-  await t.rejects(third.claims.claim('u', async () => { throw new Error('history down') }), /history down/)
+  await t.rejects(third.claims.claim('u', null, async () => { throw new Error('history down') }), /history down/)
   t.notOk(third.delivery.watching('u'), 'the watch is released when the read fails')
 })
 
 t.test('claims seen before our own generation arrives supersede it', async (t) => {
   const { claims } = claimsWith({ maxPerUser: 2 })
-  const { generation, read } = await claims.claim('u', async () => 'plan')
+  const { generation, read } = await claims.claim('u', null, async () => 'plan')
   t.equal(read, 'plan', 'with what the read gave')
   claims.apply('u', { type: 'claim', generation: generation + 1 })
   t.notOk(claims.superseded('u', generation), 'two sessions allowed: still within the newest two')
@@ -61,7 +61,7 @@ t.test('a logout seen while a connection completes is remembered until the claim
   t.same(closed, [['stranger', 100]], 'but its open sessions are closed')
 
   await revocations.revoke('u', 90, 60)
-  const claim = await claims.claim('u', async () => {})
+  const claim = await claims.claim('u', null, async () => {})
   t.equal(claim.revokedBefore, 90, 'the claim reads the revocation after subscribing')
   t.notOk(claims.loggedOutSince('u', 50), 'nothing seen since the claim yet')
   await claims.logout('u', 100)
@@ -75,11 +75,11 @@ t.test('a logout seen while a connection completes is remembered until the claim
 
 t.test('generations are forgotten with the last claim of a user (memory store)', async (t) => {
   const { claims } = claimsWith({ maxPerUser: 2 })
-  t.equal((await claims.claim('u', async () => {})).generation, 1)
-  t.equal((await claims.claim('u', async () => {})).generation, 2)
+  t.equal((await claims.claim('u', null, async () => {})).generation, 1)
+  t.equal((await claims.claim('u', null, async () => {})).generation, 2)
   claims.release('u')
-  t.equal((await claims.claim('u', async () => {})).generation, 3, 'one claim still held: the count goes on')
+  t.equal((await claims.claim('u', null, async () => {})).generation, 3, 'one claim still held: the count goes on')
   claims.release('u')
   claims.release('u')
-  t.equal((await claims.claim('u', async () => {})).generation, 1, 'none held: started again')
+  t.equal((await claims.claim('u', null, async () => {})).generation, 1, 'none held: started again')
 })
