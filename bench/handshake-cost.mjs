@@ -8,7 +8,7 @@
  * the handshake's Redis steps exactly where CPU figures drown in noise.
  *
  *   node bench/handshake-cost.mjs [--systems=ws,gateway] [--count=3000]
- *     [--concurrency=200] [--rounds=3] [--warmup=3000] [--alloc] [--no-pin] [--script=FILE]
+ *     [--concurrency=200] [--rounds=3] [--warmup=3000] [--alloc] [--prof=DIR] [--no-pin] [--script=FILE]
  *     [--baseline=FILE] [--build|--no-build] [--limit-minutes=5] [--out=FILE]
  *
  * Each system is one instance with its own redis-server on a free port.
@@ -38,7 +38,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { WebSocket } from 'ws'
 import { GATEWAY_SCRIPT, ROOT, arg, buildMode, ensureBuilt, flag, gatewayEnv, median, runMeta, serverEnv } from './lib/gateway.mjs'
-import { freePort, inLanes, sleep, startRedis, startServer, stopOnExit } from './lib/processes.mjs'
+import { cpuProfArgs, freePort, inLanes, sleep, startRedis, startServer, stopOnExit } from './lib/processes.mjs'
 import { commandStats, commandStatsDelta, redisCli } from './lib/redis-cluster.mjs'
 import { userToken } from './lib/tokens.mjs'
 
@@ -54,6 +54,7 @@ const script = path.resolve(arg('script', GATEWAY_SCRIPT))
 const fromSource = script.endsWith('.ts')
 const baseline = arg('baseline') === undefined ? undefined : path.resolve(arg('baseline'))
 const alloc = flag('alloc')
+const prof = arg('prof') === undefined ? undefined : path.resolve(arg('prof'))
 const cpus = os.cpus().length
 const pin = !flag('no-pin') && cpus >= 2
 const LABELS = { ws: 'ws (bare)', baseline: 'gateway, baseline build', gateway: 'gateway' }
@@ -105,15 +106,20 @@ function perOne (before, after, n) {
   }
 }
 
+/** `--prof=DIR`: a V8 CPU profile of each server, warm-up included (bench/profile-summary.mjs reads them). */
+function profArgs (name) {
+  return cpuProfArgs(prof, `${name}.cpuprofile`)
+}
+
 async function startSystem (name) {
   const redis = await startRedis()
   const port = await freePort()
   const server = name === 'ws'
-    ? await startServer({ name, script: path.join(BENCH, 'references/ws-server.mjs'), port, cwd: ROOT, env: { ...serverEnv({ port, redisUrl: redis.url, heartbeatMs: 30000 }), BENCH_EXIT_ON_SIGTERM: '1' } })
+    ? await startServer({ name, script: path.join(BENCH, 'references/ws-server.mjs'), nodeArgs: profArgs(name), graceMs: 8000, port, cwd: ROOT, env: { ...serverEnv({ port, redisUrl: redis.url, heartbeatMs: 30000 }), BENCH_EXIT_ON_SIGTERM: '1' } })
     : await startServer({
       name,
       script: name === 'baseline' ? baseline : script,
-      nodeArgs: fromSource && name === 'gateway' ? ['--import=@tapjs/typescript/import'] : [],
+      nodeArgs: [...fromSource && name === 'gateway' ? ['--import=@tapjs/typescript/import'] : [], ...profArgs(name)],
       port,
       cwd: ROOT,
       graceMs: 8000,

@@ -68,11 +68,11 @@ for (const file of files) {
     const key = `${functionName || '(anonymous)'} ${area(url)}:${lineNumber + 1}`
     selfByFunction.set(key, (selfByFunction.get(key) ?? 0) + us)
     selfByArea.set(area(url), (selfByArea.get(area(url)) ?? 0) + us)
-    // Inclusive time of the project's own functions (outside node_modules).
+    // Inclusive time of the project's own functions (outside node_modules, or a bench build under node_modules/.cache).
     const seen = new Set()
     for (let at = id; at !== undefined; at = parent.get(at)) {
       const frame = byId.get(at).callFrame
-      if (!frame.url.startsWith('file://') || frame.url.includes('node_modules')) continue
+      if (!frame.url.startsWith('file://') || packageOf(frame.url) !== null) continue
       const own = `${frame.functionName || '(anonymous)'} ${area(frame.url)}:${frame.lineNumber + 1}`
       if (seen.has(own)) continue
       seen.add(own)
