@@ -7,7 +7,7 @@
  * The Redis counts do not depend on the box's load: they show a change to
  * the handshake's Redis steps exactly where CPU figures drown in noise.
  *
- *   node bench/handshake-cost.mjs [--systems=ws,gateway] [--count=3000]
+ *   node bench/handshake-cost.mjs [--systems=ws,memory,baseline,gateway] [--count=3000]
  *     [--concurrency=200] [--rounds=3] [--warmup=3000] [--alloc] [--prof=DIR] [--no-pin] [--script=FILE]
  *     [--baseline=FILE] [--build|--no-build] [--limit-minutes=5] [--out=FILE]
  *
@@ -28,7 +28,9 @@
  * during the upgrades (bench/probe.mjs): bytes allocated per upgrade, by
  * package. The sampling costs CPU, so that round is not in the CPU figures.
  * `--baseline=FILE`: another compiled gateway (an older commit), measured as
- * system `baseline` in the same rounds. `--script=src/server.ts` runs the
+ * system `baseline` in the same rounds. System `memory` is the gateway
+ * without Redis (the in-process bus): what the upgrade costs beyond bare ws
+ * when no Redis step is taken. `--script=src/server.ts` runs the
  * gateway from source (tap's TypeScript loader), as the smoke test does.
  */
 import { execFileSync } from 'node:child_process'
@@ -57,7 +59,7 @@ const alloc = flag('alloc')
 const prof = arg('prof') === undefined ? undefined : path.resolve(arg('prof'))
 const cpus = os.cpus().length
 const pin = !flag('no-pin') && cpus >= 2
-const LABELS = { ws: 'ws (bare)', baseline: 'gateway, baseline build', gateway: 'gateway' }
+const LABELS = { ws: 'ws (bare)', memory: 'gateway, in-process bus', baseline: 'gateway, baseline build', gateway: 'gateway' }
 for (const s of systems) if (!(s in LABELS)) throw new Error(`unknown system ${s}`)
 if (systems.includes('baseline') !== (baseline !== undefined)) throw new Error('system baseline goes with --baseline=FILE')
 
@@ -119,11 +121,12 @@ async function startSystem (name) {
     : await startServer({
       name,
       script: name === 'baseline' ? baseline : script,
-      nodeArgs: [...fromSource && name === 'gateway' ? ['--import=@tapjs/typescript/import'] : [], ...profArgs(name)],
+      nodeArgs: [...fromSource && name !== 'baseline' ? ['--import=@tapjs/typescript/import'] : [], ...profArgs(name)],
       port,
       cwd: ROOT,
       graceMs: 8000,
-      env: { ...gatewayEnv({ port, redisUrl: redis.url, heartbeatMs: 30000 }), ...(fromSource ? { TS_NODE_TRANSPILE_ONLY: '1' } : {}) }
+      // `memory`: the same build without REDIS_URL, its Redis left idle: what the upgrade costs without the Redis steps.
+      env: { ...gatewayEnv({ port, redisUrl: name === 'memory' ? undefined : redis.url, heartbeatMs: 30000 }), ...(fromSource ? { TS_NODE_TRANSPILE_ONLY: '1' } : {}) }
     })
   pinTo(server.pid, String(cpus - 1))
   pinTo(redis.pid, `0-${cpus - 2}`)
@@ -237,7 +240,8 @@ try {
   for (const name of systems.filter((s) => s !== 'ws')) {
     const calls = {}
     for (const r of results.filter((x) => x.system === name)) for (const [k, v] of Object.entries(r.upgrade.calls)) (calls[k] ??= []).push(v)
-    process.stdout.write(`\n${LABELS[name]}, Redis commands per upgrade by name: ${Object.entries(calls).map(([k, v]) => `${k} ${fmt(median(v), 2)}`).join(', ')}\n`)
+    process.stdout.write('\n')
+    if (name !== 'memory') process.stdout.write(`${LABELS[name]}, Redis commands per upgrade by name: ${Object.entries(calls).map(([k, v]) => `${k} ${fmt(median(v), 2)}`).join(', ')}\n`)
     if (alloc) {
       const areas = Object.entries(allocations[name].byArea).sort((a, b) => b[1] - a[1]).slice(0, 8)
       process.stdout.write(`${LABELS[name]}, bytes allocated per upgrade by package: ${areas.map(([k, v]) => `${k} ${fmt(v / 1024, 1)} KB`).join(', ')}\n`)

@@ -11,10 +11,10 @@ t.setTimeout(120_000)
 
 t.test('the handshake cost bench runs end to end with tiny numbers', async (t) => {
   const { code, stdout, stderr, out } = await runBench(t, [
-    'bench/handshake-cost.mjs', '--script=src/server.ts', '--count=30', '--warmup=30', '--rounds=1', '--concurrency=8', '--alloc'
+    'bench/handshake-cost.mjs', '--script=src/server.ts', '--systems=ws,memory,gateway', '--count=30', '--warmup=30', '--rounds=1', '--concurrency=8', '--alloc'
   ], 110_000)
   t.equal(code, 0, 'the bench exits cleanly', { stderr: stderr.slice(-4000) })
-  t.match(stdout, /\| server CPU per upgrade \(us\) \| [\d,]+ \| [\d,]+ \| [\d.]+x \|/, 'the table has both systems and the ratio')
+  t.match(stdout, /\| server CPU per upgrade \(us\) \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+x \| [\d.]+x \|/, 'the table has the three systems and the ratios')
   t.match(stdout, /bytes allocated per upgrade by package: /, 'the allocations by package')
 
   const { results, allocations } = JSON.parse(readFileSync(out, 'utf8')) as { results: Result[], allocations: Record<string, { bytes: number }> }
@@ -27,5 +27,8 @@ t.test('the handshake cost bench runs end to end with tiny numbers', async (t) =
   t.ok(gateway.upgrade.scripts >= 3 && gateway.upgrade.scripts <= 4, `three scripts per upgrade, and a shared one (${gateway.upgrade.scripts})`)
   t.equal(gateway.close.scripts, 1, 'one script per close')
   t.ok(gateway.upgrade.commands > 15, 'the scripts\' own commands are counted')
-  t.ok(allocations.gateway.bytes > 0 && allocations.ws.bytes > 0, 'allocations sampled for both systems')
+  const memory = results.find((r) => r.system === 'memory') as Result
+  t.ok(memory.upgrade.serverUs > 0, 'the gateway on the in-process bus measured too')
+  t.equal(memory.upgrade.scripts, 0, 'and it takes no Redis step')
+  t.ok(allocations.gateway.bytes > 0 && allocations.memory.bytes > 0 && allocations.ws.bytes > 0, 'allocations sampled for every system')
 })
