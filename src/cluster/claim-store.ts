@@ -26,6 +26,8 @@ export interface ClaimRead {
  * counts on the other instances).
  */
 export interface ClaimStore {
+  /** claim() reads the user's history stream (the store was given history: history is on). */
+  readonly readsHistory: boolean
   /**
    * Takes the next generation, counts one more connection of the user held
    * here, reads the user's revocation and, with history on, the user's
@@ -46,9 +48,13 @@ export class MemoryClaimStore implements ClaimStore {
   readonly #revocations: RevocationStore
   readonly #history: HistoryStore | null
 
-  constructor (revocations: RevocationStore, history: HistoryStore | null = null) {
+  constructor (revocations: RevocationStore, history: HistoryStore | null) {
     this.#revocations = revocations
     this.#history = history
+  }
+
+  get readsHistory (): boolean {
+    return this.#history !== null
   }
 
   async claim (userId: string, from: Position | null): Promise<ClaimRead> {
@@ -135,7 +141,7 @@ export class RedisClaimStore implements ClaimStore {
   /** Whose read of the user's stream the claim's step makes; null when history is off. */
   readonly #history: RedisHistoryStore | null
 
-  constructor (redis: Redis, prefix: string, revocations: RedisRevocationStore, instanceId = '', history: RedisHistoryStore | null = null) {
+  constructor (redis: Redis, prefix: string, revocations: RedisRevocationStore, instanceId: string, history: RedisHistoryStore | null) {
     this.#generation = taggedKey(prefix, 'gen')
     this.#held = taggedKey(prefix, 'held')
     this.#revoked = revocations.keyOf
@@ -148,6 +154,10 @@ export class RedisClaimStore implements ClaimStore {
     this.#redis = redis as Redis & HeldCommands
     this.#instanceId = instanceId
     this.#history = history
+  }
+
+  get readsHistory (): boolean {
+    return this.#history !== null
   }
 
   async claim (userId: string, from: Position | null): Promise<ClaimRead> {

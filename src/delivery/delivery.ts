@@ -27,7 +27,7 @@ export interface PublishResult {
   pos?: string
 }
 
-/** What a session read from history before it registers (see resume()). */
+/** What a session read from history before it registers (see plan()). */
 export interface ResumePlan {
   /** The client asked to resume (`since_all` or `since_user`). */
   asked: boolean
@@ -327,6 +327,11 @@ export class Delivery {
   /** Whether anything here watches the user (a session or a claim in progress). */
   watching (userId: string): boolean {
     return this.#watched.has(userId)
+  }
+
+  /** History is on: alerts get positions, sessions resume. */
+  get historyOn (): boolean {
+    return this.#history !== null
   }
 
   /**

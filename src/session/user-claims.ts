@@ -47,6 +47,10 @@ export class UserClaims {
   readonly #logouts = new Map<string, number>()
 
   constructor (opts: UserClaimsOptions) {
+    // The claim reads the user's stream for Delivery's plan: both see history, or neither.
+    if (opts.store.readsHistory !== opts.delivery.historyOn) {
+      throw new Error(`the claim store ${opts.store.readsHistory ? 'reads' : 'does not read'} history, the delivery has ${opts.delivery.historyOn ? 'it' : 'none'}: give both the same history store`)
+    }
     this.#delivery = opts.delivery
     this.#store = opts.store
     this.#registry = opts.registry

@@ -16,7 +16,7 @@ t.test('the in-process stores of a single instance', async (t) => {
   t.equal(await broker.ping(), true)
   await broker.close()
   const revocations = new MemoryRevocationStore()
-  const claims = new MemoryClaimStore(revocations)
+  const claims = new MemoryClaimStore(revocations, null)
   t.equal(await claims.othersHolding('ann'), 0, 'no other instance holds anyone')
   await revocations.revoke('ann', 100, 60)
   t.same(await claims.claim('ann', null), { generation: 1, revokedBefore: 100, user: null }, 'a claim reads the revocation; no history, no stream read')

@@ -3,6 +3,7 @@ import pino from 'pino'
 import type { WebSocket } from 'ws'
 import type { Alert, Welcome } from '../../../protocol/frames.js'
 import type { Position } from '../../../protocol/position.js'
+import type { ClaimStore } from '../../../src/cluster/claim-store.js'
 import { createCluster, type Cluster } from '../../../src/cluster/cluster.js'
 import type { AppendResult, HistoryStore, StreamOwner, StreamRead } from '../../../src/cluster/history-store.js'
 import { Delivery, type ResumePlan } from '../../../src/delivery/delivery.js'
@@ -67,20 +68,34 @@ class HeldHistory implements HistoryStore {
         throw new Error('history unavailable')
       }
     }
-    if (this.#toHold === 0) return await this.#inner.read(owner, from)
+    return await this.#held(() => this.#inner.read(owner, from))
+  }
+
+  /**
+   * `store`'s claims, held like the reads: a claim reads the user's stream
+   * in its own step (on Redis, in the claim script), as at a handshake.
+   */
+  claimsOf (store: ClaimStore): Pick<ClaimStore, 'claim'> {
+    return { claim: (userId, from) => this.#held(() => store.claim(userId, from)) }
+  }
+
+  async #held<T> (compute: () => Promise<T>): Promise<T> {
+    if (this.#toHold === 0) return await compute()
     this.#toHold--
     this.waiting++
     await this.before.opened
-    const read = await this.#inner.read(owner, from)
+    const value = await compute()
     this.computed++
     await this.after.opened
-    return read
+    return value
   }
 }
 
 interface Gateway {
   cluster: Cluster
   history: HeldHistory
+  /** The cluster's claim store, its claims held with the history's reads. */
+  claims: Pick<ClaimStore, 'claim'>
   delivery: Delivery
   registry: SessionRegistry
   /** Publishes `title` to `all` or to the user; resolves to its position. */
@@ -119,6 +134,7 @@ async function gateway (t: Test, redisUrl?: string, allReadMaxAgeMs = 0): Promis
   return {
     cluster,
     history,
+    claims: history.claimsOf(cluster.claims),
     delivery,
     registry,
     publish: async (stream, title) => {
@@ -130,13 +146,13 @@ async function gateway (t: Test, redisUrl?: string, allReadMaxAgeMs = 0): Promis
 }
 
 /**
- * A session's plan as the /ws route makes it: the broadcast stream's, and
- * the user's stream read from `since_user` (in the route, by the claim's
- * step; here through the held history, so that the tests can hold it).
+ * A session's plan as the /ws route makes it (UserClaims.claim, once the
+ * user is watched): the claim, which reads the user's stream from
+ * `since_user` in its own step, beside the broadcast stream's read.
  */
 async function resume (gw: Gateway, since: { all?: string, user?: string }): Promise<ResumePlan> {
-  const [all, user] = await Promise.all([gw.delivery.resumeAll(since.all), gw.history.read(USER, gw.delivery.readFrom(since.user))])
-  return gw.delivery.plan(since, all, user)
+  const [claim, all] = await Promise.all([gw.claims.claim(USER, gw.delivery.readFrom(since.user)), gw.delivery.resumeAll(since.all)])
+  return gw.delivery.plan(since, all, claim.user)
 }
 
 /** A session on a socket that records what is written to it. */

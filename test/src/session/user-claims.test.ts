@@ -1,6 +1,8 @@
 import t from 'tap'
 import { MemoryBroker } from '../../../src/cluster/memory-broker.js'
 import { MemoryClaimStore } from '../../../src/cluster/claim-store.js'
+import type { HistoryStore } from '../../../src/cluster/history-store.js'
+import { MemoryHistoryStore } from '../../../src/cluster/memory-history-store.js'
 import { MemoryRevocationStore } from '../../../src/cluster/revocation-store.js'
 import { Delivery } from '../../../src/delivery/delivery.js'
 import type { SessionRegistry } from '../../../src/session/session-registry.js'
@@ -9,24 +11,32 @@ import pino from 'pino'
 
 const log = pino({ level: 'silent' })
 
-function claimsWith (opts: { store?: MemoryClaimStore, broker?: MemoryBroker, maxPerUser?: number, registry?: Partial<SessionRegistry> } = {}): { claims: UserClaims, delivery: Delivery, revocations: MemoryRevocationStore } {
+function claimsWith (opts: { store?: MemoryClaimStore, broker?: MemoryBroker, history?: HistoryStore, maxPerUser?: number, registry?: Partial<SessionRegistry> } = {}): { claims: UserClaims, delivery: Delivery, revocations: MemoryRevocationStore } {
   const registry = { applyClaim: () => {}, applyLogout: () => {}, ...opts.registry } as unknown as SessionRegistry
-  const delivery = new Delivery({ broker: opts.broker ?? new MemoryBroker(), sessions: registry, log })
+  const delivery = new Delivery({ broker: opts.broker ?? new MemoryBroker(), sessions: registry, log, history: opts.history })
   const revocations = new MemoryRevocationStore()
-  const claims = new UserClaims({ delivery, store: opts.store ?? new MemoryClaimStore(revocations), registry, maxPerUser: opts.maxPerUser ?? 1 })
+  const claims = new UserClaims({ delivery, store: opts.store ?? new MemoryClaimStore(revocations, null), registry, maxPerUser: opts.maxPerUser ?? 1 })
   return { claims, delivery, revocations }
 }
 
 t.test('a failed subscription or generation releases what was taken', async (t) => {
   const broker = new MemoryBroker()
   broker.subscribe = async () => { throw new Error('subscriber down') }
-  const first = claimsWith({ broker })
+  const counting = new MemoryClaimStore(new MemoryRevocationStore(), null)
+  const claimOf = counting.claim.bind(counting)
+  let claimed = 0
+  counting.claim = async (userId, from) => {
+    claimed++
+    return await claimOf(userId, from)
+  }
+  const first = claimsWith({ broker, store: counting })
   let read = 0
   await t.rejects(first.claims.claim('u', null, async () => { read++ }), /subscriber down/)
   t.notOk(first.delivery.watching('u'), 'nothing watched when the subscription failed')
   t.equal(read, 0, 'nor read: its events would not all reach this instance')
+  t.equal(claimed, 0, 'nor claimed: the claim reads the user\'s stream')
 
-  const store = new MemoryClaimStore(new MemoryRevocationStore())
+  const store = new MemoryClaimStore(new MemoryRevocationStore(), null)
   store.claim = async () => { throw new Error('INCR failed') }
   const second = claimsWith({ store })
   await t.rejects(second.claims.claim('u', null, async () => {}), /INCR failed/)
@@ -37,6 +47,15 @@ t.test('a failed subscription or generation releases what was taken', async (t) 
   const third = claimsWith()
   await t.rejects(third.claims.claim('u', null, async () => { throw new Error('history down') }), /history down/)
   t.notOk(third.delivery.watching('u'), 'the watch is released when the read fails')
+})
+
+t.test('the claim store and the delivery see history both, or neither', async (t) => {
+  const history = new MemoryHistoryStore({ maxEntries: 10, retentionMs: 60_000 }, () => {})
+  t.throws(() => claimsWith({ store: new MemoryClaimStore(new MemoryRevocationStore(), history) }), /the claim store reads history, the delivery has none/)
+  t.throws(() => claimsWith({ history }), /the claim store does not read history, the delivery has it/)
+  const { claims } = claimsWith({ history, store: new MemoryClaimStore(new MemoryRevocationStore(), history) })
+  const claim = await claims.claim('u', null, async () => {})
+  t.same({ top: claim.user?.top, entries: claim.user?.entries }, { top: 0, entries: [] }, 'with history, the claim gives the user\'s stream as read')
 })
 
 t.test('claims seen before our own generation arrives supersede it', async (t) => {
