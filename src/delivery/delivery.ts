@@ -401,8 +401,10 @@ export class Delivery {
     const read: SharedRead = { read: history.read(null, from), at: now, value: null }
     this.#allReads.set(key, read)
     read.read.then((value) => { read.value = value }, () => {
-      // Its waiters see the error; the next session reads again.
-      this.#allReads.delete(key)
+      // Its waiters see the error; the next session reads again. The reads
+      // may have been dropped meanwhile (a reconnect, a gap) and a newer
+      // one shared under the key: that one stays.
+      if (this.#allReads.get(key) === read) this.#allReads.delete(key)
     })
     return read.read
   }

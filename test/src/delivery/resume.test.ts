@@ -42,6 +42,8 @@ class HeldHistory implements HistoryStore {
   allReadsFrom = 0
   /** Fail the next head read. */
   failNextHead = false
+  /** Held reads and claims fail once let through, instead of being computed. */
+  failHeld = false
 
   constructor (inner: HistoryStore) {
     this.#inner = inner
@@ -84,6 +86,7 @@ class HeldHistory implements HistoryStore {
     this.#toHold--
     this.waiting++
     await this.before.opened
+    if (this.failHeld) throw new Error('history unavailable')
     const value = await compute()
     this.computed++
     await this.after.opened
@@ -384,6 +387,29 @@ t.test('redis: a read shared before the broadcast stream started over is not use
   t.equal(gw.history.headReads, 2, 'the head is read afresh')
   t.equal((frames[0].pos as { all: string }).all, b1, 'its welcome has the new epoch\'s head')
   t.same(frames.map((f) => f.type), ['welcome'], 'no gap for a session that starts after it')
+})
+
+t.test('redis: a shared read that fails after the reads were dropped leaves the newer one shared', async (t) => {
+  const redis = await RedisServer.start(t)
+  const gw = await gateway(t, redis.url, 60_000)
+  const seen = await observer(gw)
+  const [a1] = await publishSeen(gw, seen, ['all', 'a1'])
+  gw.history.holdNext(2)
+  gw.history.failHeld = true
+  await gw.delivery.watch(USER)
+  const first = resume(gw, { all: a1 })
+  await waitUntil(() => gw.history.waiting === 2, 5000, 'its claim and its read held')
+  // The stream starts over: the follow's gap drops the shared reads, the one out included.
+  await (gw.cluster.redis as NonNullable<Cluster['redis']>).flushall()
+  await publishSeen(gw, seen, ['all', 'b1'])
+  const reads = gw.history.allReadsFrom
+  const second = await resume(gw, { all: a1 })
+  t.equal(gw.history.allReadsFrom, reads + 1, 'the next resume from a1 reads afresh')
+  gw.history.before.open()
+  await t.rejects(first, /history unavailable/, 'the first read fails')
+  const third = await resume(gw, { all: a1 })
+  t.equal(gw.history.allReadsFrom, reads + 1, 'and a later one shares the second read: the failed one did not drop it')
+  t.same(third.all, second.all, 'the same plan')
 })
 
 t.test('redis: history lost during a resume: the session is told, and gets the new epoch\'s alerts', async (t) => {
