@@ -77,29 +77,31 @@ export class MemoryClaimStore implements ClaimStore {
 }
 
 /**
- * KEYS: generation, connections per instance, revocation (one user's, one
- * slot). ARGV: instance id, generation TTL (s), count TTL (s). Returns the
- * generation and the revocation second (nil: none).
+ * The claim's step: KEYS generation, connections per instance, revocation
+ * (one user's, one slot); ARGV instance id, generation TTL (s), count TTL
+ * (s). Leaves the generation and the revocation second (false: none).
  */
-const CLAIM = `
+const CLAIM_STEP = `
 local generation = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {generation, redis.call('GET', KEYS[3])}
+local revoked = redis.call('GET', KEYS[3])
+`
+
+/** CLAIM_STEP alone (history off). Returns the generation and the revocation second (nil: none). */
+const CLAIM = `${CLAIM_STEP}
+return {generation, revoked}
 `
 
 /**
- * CLAIM, then READ_STEP of the user's history stream: KEYS as CLAIM's, then
- * the stream and its meta; ARGV as CLAIM's, then READ_STEP's after its keys.
- * Returns the generation, the revocation second (nil: none) and the read.
+ * CLAIM_STEP, then READ_STEP of the user's history stream: KEYS as
+ * CLAIM_STEP's, then the stream and its meta; ARGV as CLAIM_STEP's, then
+ * READ_STEP's after its keys. Returns the generation, the revocation second
+ * (nil: none) and the read.
  */
-const CLAIM_READ = `${READ_STEP}
-local generation = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {generation, redis.call('GET', KEYS[3]), read(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])}
+const CLAIM_READ = `${READ_STEP}${CLAIM_STEP}
+return {generation, revoked, read(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])}
 `
 
 /** Decrements this instance's count of the user's connections, dropping it at 0. */

@@ -273,6 +273,14 @@ t.test('redis', async (t) => {
     const read = await bus.claimRead('ann', { epoch: pos.epoch, seq: 0 })
     t.equal(await scripts() - before, 1, 'one script')
     t.same(read.entries.map((entry) => entry.seq), [1], 'with the entries after the position')
+
+    const revocations = new RedisRevocationStore(bus.command, bus.prefix)
+    const claims = new RedisClaimStore(bus.command, bus.prefix, revocations, 'inst', bus.store as RedisHistoryStore)
+    t.equal((await claims.claim('ann', null)).revokedBefore, null, 'no revocation read as none')
+    await revocations.revoke('ann', 1_700_000_000, 60)
+    const claimed = await claims.claim('ann', null)
+    t.equal(claimed.revokedBefore, 1_700_000_000, 'and a revocation as its second')
+    t.equal(claimed.user?.top, 1, 'beside the read')
   })
 
   t.test('redis: sharded (Cluster), one alert to many users runs one script per slot, at most 100 users each', async (t) => {
