@@ -184,9 +184,10 @@ export default async function wsRoutes (fastify: FastifyInstance) {
     // (No closure made here may outlive the handshake: they share this
     // hook's context, which holds the upgrade request.)
     const since = state.since
+    const userFrom = delivery.readFrom(since.user)
     const [slot, claim] = await Promise.allSettled([
       limits.acquireConnection(request, reply),
-      claims.claim(userId, delivery.readFrom(since.user), () => delivery.resumeAll(since.all))
+      claims.claim(userId, userFrom, () => delivery.resumeAll(since.all))
     ])
     if (slot.status === 'fulfilled') {
       reservation.slotKey = slot.value.key
@@ -209,7 +210,7 @@ export default async function wsRoutes (fastify: FastifyInstance) {
       release(reservation)
       throw new TokenRevokedError()
     }
-    state.plan = delivery.plan(since, claim.value.read, claim.value.user)
+    state.plan = delivery.plan(since, claim.value.read, userFrom, claim.value.user)
     if (gone()) {
       // Gone while we waited on Redis, possibly before the listener above.
       release(reservation)

@@ -358,14 +358,14 @@ export class Delivery {
 
   /**
    * A session's plan: the broadcast stream's (resumeAll()) and the user's,
-   * read in the claim's step from `readFrom(since.user)` once the user was
-   * watched (null when history is off).
+   * read in the claim's step from `userFrom` (readFrom(since.user)) once the
+   * user was watched (null when history is off).
    */
-  plan (since: { all?: string, user?: string }, all: StreamPlan | null, user: StreamRead | null): ResumePlan {
+  plan (since: { all?: string, user?: string }, all: StreamPlan | null, userFrom: Position | null, user: StreamRead | null): ResumePlan {
     return {
       asked: since.all !== undefined || since.user !== undefined,
       all,
-      user: user === null ? null : this.#planOf(this.readFrom(since.user), user, user.epoch)
+      user: user === null ? null : this.#planOf(userFrom, user, user.epoch)
     }
   }
 

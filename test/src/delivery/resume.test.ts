@@ -154,8 +154,9 @@ async function gateway (t: Test, redisUrl?: string, allReadMaxAgeMs = 0): Promis
  * `since_user` in its own step, beside the broadcast stream's read.
  */
 async function resume (gw: Gateway, since: { all?: string, user?: string }): Promise<ResumePlan> {
-  const [claim, all] = await Promise.all([gw.claims.claim(USER, gw.delivery.readFrom(since.user)), gw.delivery.resumeAll(since.all)])
-  return gw.delivery.plan(since, all, claim.user)
+  const userFrom = gw.delivery.readFrom(since.user)
+  const [claim, all] = await Promise.all([gw.claims.claim(USER, userFrom), gw.delivery.resumeAll(since.all)])
+  return gw.delivery.plan(since, all, userFrom, claim.user)
 }
 
 /** A session on a socket that records what is written to it. */
