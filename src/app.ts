@@ -1,6 +1,7 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifySchemaCompiler, type FastifyServerOptions } from 'fastify'
 import websocket from '@fastify/websocket'
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
+import type { TSchema } from 'typebox'
 import type { GatewayConfig } from '../config/index.js'
 import authPlugin from '../plugins/auth.js'
 import clusterPlugin from '../plugins/cluster.js'
@@ -16,7 +17,7 @@ import healthRoutes from '../routes/health.js'
 import metricsRoutes from '../routes/metrics.js'
 import wsRoutes from '../routes/ws.js'
 import { tlsOptions } from './lib/tls.js'
-import { clientErrorHandler, frameworkErrors, loggerOptions, notFoundHandler } from './logger.js'
+import { clientErrorHandler, errorHandler, frameworkErrors, loggerOptions, notFoundHandler } from './logger.js'
 
 export interface BuildOptions {
   /** A pino logger to use instead of one built from the configuration. */
@@ -25,6 +26,27 @@ export interface BuildOptions {
   defaultMetrics?: boolean
   /** Prefix of Redis keys and channels (tests isolate runs with it). */
   redisPrefix?: string
+}
+
+/**
+ * TypeBox's validator compiler (@fastify/type-provider-typebox), but a value
+ * nested so deep that checking it overflows the stack is a 400 like any
+ * other invalid value. TypeBox lists every error of a rejected value, and
+ * some keywords walk each item whole (`uniqueItems` hashes it): an array of
+ * thousands of nested arrays, well within the body limit, then throws a
+ * RangeError, which Fastify would answer with 500 and V8's message.
+ */
+export const validatorCompiler: FastifySchemaCompiler<TSchema> = (route) => {
+  const validate = TypeBoxValidatorCompiler(route)
+  return (value) => {
+    try {
+      return validate(value)
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err
+      // The shape of TypeBox's errors: Fastify formats it as `body must ...`.
+      return { error: [{ keyword: 'depth', schemaPath: '#', instancePath: '', params: {}, message: 'must not be nested this deeply' }] }
+    }
+  }
 }
 
 /** Builds the gateway: registers the plugins, then the routes. Call listen() on it. */
@@ -47,8 +69,9 @@ export async function buildApp (config: GatewayConfig, options: BuildOptions = {
   }
   if (config.tls !== undefined) serverOptions.https = tlsOptions(config.tls)
   const app = Fastify(serverOptions) as unknown as FastifyInstance
-  app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  app.setValidatorCompiler(validatorCompiler)
   app.setNotFoundHandler(notFoundHandler)
+  app.setErrorHandler(errorHandler)
 
   const prefix = options.redisPrefix ?? 'gw:'
   await app.register(metricsPlugin, { defaultMetrics: options.defaultMetrics ?? true })

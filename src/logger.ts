@@ -77,6 +77,24 @@ export function notFoundHandler (request: FastifyRequest, reply: FastifyReply): 
   reply.code(404).send({ message, error: 'Not Found', statusCode: 404 })
 }
 
+/**
+ * The app's error handler: Fastify's own answer (reply.send from here hands
+ * the error to it), except for a 5xx that is not one of the gateway's
+ * errors (src/lib/errors.ts, codes `WS_*`): an exception of the code or of a
+ * dependency. Its message is logged, never sent; the answer keeps the
+ * status and says no more than it.
+ */
+export function errorHandler (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const status = error.statusCode ?? 500
+  if (status < 500 || error.code?.startsWith('WS_') === true) {
+    reply.send(error)
+    return
+  }
+  request.log.error({ err: error }, 'request failed')
+  const label = STATUS_CODES[status] ?? 'Internal Server Error'
+  reply.code(status).send({ statusCode: status, error: label, message: label })
+}
+
 // Their messages quote the URL as received, query string included.
 const URL_ERRORS: Record<string, new (url: string) => FastifyError> = {
   FST_ERR_BAD_URL: errorCodes.FST_ERR_BAD_URL,

@@ -19,6 +19,19 @@ const nestedObjects = (levels: number): string => '{"a":'.repeat(levels - 1) + '
 /** `data` with arrays nested inside it, `levels` deep in all. */
 const nestedArrays = (levels: number): string => `{"a":${'['.repeat(levels - 1)}1${']'.repeat(levels - 1)}}`
 
+t.test('arrays nested thousands deep in target.userIds answer 400, not 500 (stack overflow in the error report)', async (t) => {
+  const gw = await build(t, { listen: false })
+  // The check fails at once (not strings); TypeBox's list of errors then
+  // hashes every item for uniqueItems, recursively.
+  const deep = '['.repeat(15000) + '"x"' + ']'.repeat(15000)
+  const answer = await publishData(gw, '{}', `{"userIds":[${deep},${deep}]}`)
+  t.equal(answer.status, 400)
+  t.match(answer.body, { code: 'FST_ERR_VALIDATION', message: 'body must not be nested this deeply' })
+  t.notMatch(JSON.stringify(answer.body), /call stack/, "V8's message is not sent")
+  t.equal((await publishData(gw, '{}', '{"userIds":[["x"],["x"]]}')).status, 400, 'shallow arrays in userIds are refused as before')
+  t.equal((await publishData(gw, '{}', '{"userIds":["a","b"]}')).status, 202)
+})
+
 t.test('deeply nested data answers 400, not 500 (stack overflow in JSON.stringify)', async (t) => {
   const gw = await build(t, { listen: false })
   const deepest = nestedObjects(8000)

@@ -3,7 +3,9 @@ import { Writable } from 'node:stream'
 import t from 'tap'
 import pino from 'pino'
 import Fastify, { errorCodes, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
-import { clientErrorHandler, frameworkErrors, loggerOptions, notFoundHandler, redactUrl, serializeError } from '../../src/logger.js'
+import createError from '@fastify/error'
+import { clientErrorHandler, errorHandler, frameworkErrors, loggerOptions, notFoundHandler, redactUrl, serializeError } from '../../src/logger.js'
+import { BusUnavailableError, TokenInvalidError } from '../../src/lib/errors.js'
 
 t.test('redactUrl drops the query string', async (t) => {
   t.equal(redactUrl(undefined), undefined)
@@ -101,6 +103,35 @@ t.test('404s and bad URLs are answered and logged without the query string', asy
 
   t.match(lines.join(''), /Route POST:\/nope not found/)
   t.notMatch(lines.join(''), /tok-\d/, 'no query string reaches the log')
+})
+
+t.test('errorHandler: an unexpected 5xx is logged, its message never sent; the others as Fastify answers them', async (t) => {
+  const lines: string[] = []
+  const app = Fastify({ loggerInstance: capture(lines) })
+  app.setErrorHandler(errorHandler)
+  const DependencyError = createError('DEP_FAILED', 'upstream said: secret-detail', 502)
+  app.get('/throws', async () => { throw new Error('secret-detail of an exception') })
+  app.get('/dependency', async () => { throw new DependencyError() })
+  app.get('/own-503', async () => { throw new BusUnavailableError() })
+  app.get('/own-401', async () => { throw new TokenInvalidError() })
+  t.teardown(() => app.close())
+
+  const thrown = await app.inject('/throws')
+  t.equal(thrown.statusCode, 500)
+  t.same(thrown.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' })
+  const dependency = await app.inject('/dependency')
+  t.equal(dependency.statusCode, 502, 'the status is kept')
+  t.same(dependency.json(), { statusCode: 502, error: 'Bad Gateway', message: 'Bad Gateway' })
+  t.notMatch(thrown.body + dependency.body, /secret-detail/, 'no message of theirs is sent')
+  t.match(lines.join(''), /secret-detail of an exception/, 'it is logged')
+  t.match(lines.join(''), /upstream said: secret-detail/)
+
+  const own = await app.inject('/own-503')
+  t.equal(own.statusCode, 503)
+  t.match(own.json(), { code: 'WS_BUS_UNAVAILABLE', message: 'message bus unavailable' }, "the gateway's own 5xx keep their answer")
+  const refused = await app.inject('/own-401')
+  t.equal(refused.statusCode, 401)
+  t.match(refused.json(), { code: 'WS_TOKEN_INVALID', message: 'invalid or expired token' })
 })
 
 t.test('frameworkErrors passes on the errors that quote no URL', async (t) => {
