@@ -1,6 +1,9 @@
 import type { FastifyInstance } from 'fastify'
 import { BusUnavailableError } from '../src/lib/errors.js'
 
+/** Longest revocation stored (about 68 years): a token dated further ahead would overflow Redis's expiry. */
+export const MAX_REVOCATION_TTL_SEC = 2 ** 31 - 1
+
 /** POST /auth/logout: revokes the caller's tokens and closes their sockets. */
 export default async function authRoutes (fastify: FastifyInstance) {
   const { cluster, claims, gatewayConfig: config, limits } = fastify
@@ -8,10 +11,14 @@ export default async function authRoutes (fastify: FastifyInstance) {
   fastify.post('/auth/logout', {
     onRequest: [limits.rest(fastify.authenticateUser)]
   }, async (request, reply) => {
-    const { sub, exp } = request.user
-    const before = Math.floor(Date.now() / 1000)
-    // Keep the revocation at least as long as the token used here lives.
-    const ttl = Math.max(config.revocationTtlSec, exp - before + 1)
+    const { sub, exp, iat } = request.user
+    // Up to this second, and at least up to the token used here: one dated
+    // a few seconds ahead (an issuer whose clock runs ahead, within the
+    // accepted skew) is revoked by its own logout.
+    const before = Math.max(Math.floor(Date.now() / 1000), typeof iat === 'number' ? Math.ceil(iat) : 0)
+    // Keep the revocation at least as long as the token used here lives:
+    // whole seconds (`exp` may have a fraction), within what Redis takes.
+    const ttl = Math.min(MAX_REVOCATION_TTL_SEC, Math.max(config.revocationTtlSec, Math.ceil(exp - before) + 1))
     try {
       // Stored before it is published: a connection claiming the user
       // meanwhile reads it after subscribing (see UserClaims).

@@ -23,6 +23,21 @@ t.test('the in-process stores of a single instance', async (t) => {
   t.equal(new MemoryIdempotencyStore(60_000).record(), undefined, 'nothing to store with an append: a crash loses it all anyway')
 })
 
+t.test('a revocation is never weakened by a later one: the later second and the longer life win', async (t) => {
+  const revocations = new MemoryRevocationStore()
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  await revocations.revoke('ann', 200, 7200)
+  await revocations.revoke('ann', 100, 60)
+  t.equal(await revocations.revokedBefore('ann'), 200, 'an earlier second does not lower it')
+  Date.now = () => realNow() + 61_000
+  t.equal(await revocations.revokedBefore('ann'), 200, 'a shorter life does not cut it short')
+  await revocations.revoke('ann', 300, 60)
+  t.equal(await revocations.revokedBefore('ann'), 300, 'a later second raises it')
+  Date.now = () => realNow() + 7201_000
+  t.equal(await revocations.revokedBefore('ann'), null, 'it ends with the longest life given')
+})
+
 t.test('expired idempotency keys are swept as the map grows', async (t) => {
   const store = new MemoryIdempotencyStore(1000)
   const realNow = Date.now
