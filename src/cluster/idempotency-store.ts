@@ -131,7 +131,10 @@ interface SwapCommand {
 }
 
 /**
- * `<prefix>idem:{<scope>}:<key>`: SET NX while publishing, then the answer
+ * `<prefix>idem:{<scope>}:<key>`, the tag ending at the scope's end: a scope
+ * (a service's `sub`) with a `}` in it is written escaped under
+ * `<prefix>idem~:`, else service `a` with key `x}:k` and service `a}:x`
+ * with key `k` would share a key. SET NX while publishing, then the answer
  * for the window. The append stores its answer with the stream's entry (in
  * the stream's slot, on a Cluster too): a key left pending by a publish
  * whose reply was lost looks there, so the publish is answered, not
@@ -149,7 +152,9 @@ export class RedisIdempotencyStore implements IdempotencyStore {
       redis.defineCommand('gwIdempotencySwap', { numberOfKeys: 1, lua: SWAP })
     }
     this.#redis = redis
-    this.#scopeKey = taggedKey(prefix, 'idem')
+    const plain = taggedKey(prefix, 'idem')
+    const escaped = taggedKey(prefix, 'idem~')
+    this.#scopeKey = (scope) => scope.includes('}') ? escaped(encodeURIComponent(scope)) : plain(scope)
     this.#windowMs = windowMs
     this.#lookup = lookup
   }

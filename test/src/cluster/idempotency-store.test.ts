@@ -39,6 +39,23 @@ t.test('a key is taken once, answered, and a repeat reads the answer or the conf
   }
 })
 
+// Regression: the Redis key was `idem:{<scope>}:<key>` as is, so service
+// `svc` with key `x}:k` and service `svc}:x` with key `k` shared one key: the
+// second got the first one's answer as a replay and delivered nothing.
+t.test('keys of two services never meet, whatever their sub holds', async (t) => {
+  const redis = await RedisServer.start(t)
+  const client = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  t.teardown(() => { client.disconnect() })
+  for (const store of [new MemoryIdempotencyStore(60_000), new RedisIdempotencyStore(client, 'idem-test:', 60_000)]) {
+    await store.complete('svc', 'x}:k', 'fp', '{"id":"a"}')
+    t.same(await store.begin('svc}:x', 'k', 'fp'), { state: 'new' }, 'another service, its own key')
+    await store.complete('svc}:x', 'k', 'fp', '{"id":"b"}')
+    t.same(await store.begin('svc', 'x}:k', 'fp'), { state: 'done', fingerprint: 'fp', answer: '{"id":"a"}' })
+    t.same(await store.begin('svc}:x', 'k', 'fp'), { state: 'done', fingerprint: 'fp', answer: '{"id":"b"}' })
+  }
+  t.same((await client.keys('idem-test:*')).sort(), ['idem-test:idem:{svc}:x}:k', 'idem-test:idem~:{svc%7D%3Ax}:k'], 'a scope without } is stored as before')
+})
+
 // Regression: Redis ran the append, then died before replying; the publish
 // was answered 503, the key freed nothing (Redis down), and the retry
 // published a second alert once the pending mark expired.
