@@ -8,12 +8,15 @@ import { IDEMPOTENCY_KEY, PublishAlertSchema, PublishResultSchema, type PublishA
 import { PENDING_TTL_MS } from '../src/cluster/idempotency-store.js'
 import type { StreamOwner } from '../src/cluster/history-store.js'
 import { sanitiseAlertBody } from '../src/lib/sanitize.js'
+import { canonicalJson } from '../src/lib/canonical-json.js'
 import { API_HELMET } from '../plugins/security.js'
 
 /** Largest accepted POST /alerts body. */
 const BODY_LIMIT = 64 * 1024
 /** How often a repeat polls for the answer of a publish still in progress elsewhere. */
 const PENDING_POLL_MS = 20
+
+const fingerprintOf = (text: string): string => createHash('sha256').update(text).digest('base64')
 
 /** The stream a single-target alert is appended to (null: broadcasts); undefined for userIds. */
 function ownerOf (target: PublishAlert['target']): StreamOwner | undefined {
@@ -56,7 +59,8 @@ export default async function alertRoutes (fastify: FastifyInstance) {
    */
   async function publishOnce (request: FastifyRequest, reply: FastifyReply, body: PublishAlert, key: string): Promise<PublishResult> {
     const scope = request.user.sub
-    const fingerprint = createHash('sha256').update(JSON.stringify(body)).digest('base64')
+    // The same body, whatever the order of its keys.
+    const fingerprint = fingerprintOf(canonicalJson(body))
     const owner = ownerOf(body.target)
     const deadline = Date.now() + PENDING_TTL_MS
     for (;;) {
@@ -65,7 +69,9 @@ export default async function alertRoutes (fastify: FastifyInstance) {
         throw new BusUnavailableError()
       })
       if (known.state === 'new') break
-      if (known.fingerprint !== fingerprint) throw new IdempotencyConflictError()
+      // Or taken by an instance of an earlier version, which hashed the body
+      // in the order it came: a retry across a deploy is still a repeat.
+      if (known.fingerprint !== fingerprint && known.fingerprint !== fingerprintOf(JSON.stringify(body))) throw new IdempotencyConflictError()
       if (known.state === 'done') {
         metrics.idempotentReplays.inc()
         reply.header('idempotent-replayed', 'true')

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { build } from '../helpers/build.js'
 import { waitForStatus } from '../helpers/http.js'
@@ -307,6 +308,33 @@ t.test('a publish or logout whose bus step fails after authentication answers 50
   t.equal((await publish(gw.url, alertTo({ userId: 'nobody' }))).status, 503, 'per-user')
   const logout = await fetch(`${gw.url}/auth/logout`, { method: 'POST', headers: { authorization: `Bearer ${userToken('bus-gone')}` } })
   t.equal(logout.status, 503, 'a logout that cannot be stored is refused')
+})
+
+// Regression: the fingerprint hashed the body in the order it came, so a
+// client that sent the same alert again with its keys in another order (a
+// retry re-serialised by another library) was answered 422.
+t.test('Idempotency-Key: the same body with its keys in another order is a repeat', async (t) => {
+  const gw = await build(t)
+  const post = async (body: string, key = 'order-1'): Promise<Response> => await fetch(`${gw.url}/alerts`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${serviceToken()}`, 'content-type': 'application/json', 'idempotency-key': key },
+    body
+  })
+  const first = await post('{"target":{"userId":"nobody"},"severity":"info","title":"t","data":{"a":1,"b":{"c":2,"d":3}}}')
+  t.equal(first.status, 202)
+  const again = await post('{"data":{"b":{"d":3,"c":2},"a":1},"title":"t","severity":"info","target":{"userId":"nobody"}}')
+  t.equal(again.status, 202)
+  t.equal(again.headers.get('idempotent-replayed'), 'true')
+  t.same(await again.json(), await first.json(), 'the first answer')
+  t.equal((await post('{"target":{"userId":"nobody"},"severity":"info","title":"t","data":{"a":1,"b":{"c":2,"d":4}}}')).status, 422, 'another body is still a conflict')
+
+  // A key taken by an instance of the earlier version (its fingerprint
+  // hashed the body as it came): a retry through this one is a repeat.
+  const body = '{"target":{"userId":"nobody"},"severity":"info","title":"older"}'
+  await gw.app.cluster.idempotency.complete('svc', 'order-2', createHash('sha256').update(body).digest('base64'), '{"id":"from-before","delivered":0}')
+  const retry = await post(body, 'order-2')
+  t.equal(retry.status, 202)
+  t.same(await retry.json(), { id: 'from-before', delivered: 0 })
 })
 
 t.test('an idempotency answer that cannot be stored after the publish: still 202, logged', async (t) => {
