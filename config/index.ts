@@ -1,6 +1,7 @@
 import { createPublicKey } from 'node:crypto'
 import { accessSync, constants, readFileSync } from 'node:fs'
 import { isIP } from 'node:net'
+import { createSecureContext } from 'node:tls'
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { EnvSchema, type Env } from './schema.js'
@@ -133,7 +134,9 @@ function parseEnv (raw: NodeJS.ProcessEnv): Env {
     const [first] = envCheck.Errors(converted)
     const variable = first.instancePath.split('/')[1]
     const got = SECRET_VARIABLES.has(variable) ? '' : ` (got ${JSON.stringify(picked[variable])})`
-    throw new ConfigError(variable, `${describe(first as never)}${got}`)
+    const choices = (EnvSchema.properties as Record<string, { anyOf?: Array<{ const?: unknown }> }>)[variable].anyOf?.map((option) => option.const)
+    const problem = choices?.every((choice) => typeof choice === 'string') === true ? `must be one of ${choices.join(', ')}` : describe(first as never)
+    throw new ConfigError(variable, `${problem}${got}`)
   }
   return converted as Env
 }
@@ -181,6 +184,14 @@ function checkAlgorithms (algorithms: string[], symmetric: boolean): void {
   }
 }
 
+function isHttpUrl (value: string): boolean {
+  try {
+    return new URL(value).hostname !== ''
+  } catch {
+    return false
+  }
+}
+
 function buildJwt (env: Env, cwd: string): JwtConfig {
   const sources = ['JWT_SECRET', 'JWT_PUBLIC_KEY_FILE', 'JWT_JWKS_URL'].filter((n) => env[n as keyof Env] !== undefined)
   if (sources.length > 1) throw new ConfigError(sources[1], `set exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE, JWT_JWKS_URL (also got ${sources[0]})`)
@@ -208,6 +219,7 @@ function buildJwt (env: Env, cwd: string): JwtConfig {
     return { ...base, key: pem, algorithms }
   }
   if (env.JWT_JWKS_URL !== undefined) {
+    if (!isHttpUrl(env.JWT_JWKS_URL)) throw new ConfigError('JWT_JWKS_URL', `${JSON.stringify(env.JWT_JWKS_URL)} is not an http(s) URL with a host`)
     const algorithms = requested ?? ['RS256']
     checkAlgorithms(algorithms, false)
     return { ...base, jwksUrl: env.JWT_JWKS_URL, algorithms }
@@ -247,7 +259,7 @@ function parseTrustProxy (value: string): boolean | number | string[] {
   if (/^\d+$/.test(value)) return Number(value)
   const list = value.split(',').map((s) => s.trim())
   for (const entry of list) {
-    if (!isTrustEntry(entry)) throw new ConfigError('TRUST_PROXY', `"${entry}" is not true, false, a hop count, an address or a CIDR`)
+    if (!isTrustEntry(entry)) throw new ConfigError('TRUST_PROXY', `${JSON.stringify(entry)} is not true, false, a hop count, an address or a CIDR`)
   }
   return list
 }
@@ -280,9 +292,11 @@ function parseOrigins (value: string | undefined): Set<string> | null {
   const set = new Set<string>()
   for (const entry of value.split(',').map((s) => s.trim()).filter(Boolean)) {
     const normalised = normaliseOrigin(entry)
-    if (normalised === null) throw new ConfigError('ALLOWED_ORIGINS', `"${entry}" is not an http(s) origin (scheme://host[:port], nothing after it)`)
+    if (normalised === null) throw new ConfigError('ALLOWED_ORIGINS', `${JSON.stringify(entry)} is not an http(s) origin (scheme://host[:port], nothing after it)`)
     set.add(normalised)
   }
+  // Every browser-style upgrade would be refused: say so now.
+  if (set.size === 0) throw new ConfigError('ALLOWED_ORIGINS', 'lists no origin (unset it to allow any)')
   return set
 }
 
@@ -291,7 +305,17 @@ function checkReadable (variable: string, file: string | undefined): void {
   try {
     accessSync(file, constants.R_OK)
   } catch (err) {
-    throw new ConfigError(variable, `cannot read ${file} (${(err as NodeJS.ErrnoException).code})`)
+    throw new ConfigError(variable, `cannot read ${JSON.stringify(file)} (${(err as NodeJS.ErrnoException).code})`)
+  }
+}
+
+/** The TLS files make a certificate and its key: checked now, not when the server is built. */
+function checkTlsPair (certFile: string, keyFile: string): void {
+  try {
+    createSecureContext({ cert: readFileSync(certFile), key: readFileSync(keyFile) })
+  } catch (err) {
+    const reason = String((err as Error).message).split('\n')[0]
+    throw new ConfigError('TLS_CERT_FILE', `TLS_CERT_FILE and TLS_KEY_FILE are not a certificate and its private key in PEM (${reason})`)
   }
 }
 
@@ -301,6 +325,7 @@ function checkProductionRules (env: Env, trustProxy: GatewayConfig['trustProxy']
   if (env.TLS_KEY_FILE !== undefined && env.TLS_CERT_FILE === undefined) throw new ConfigError('TLS_CERT_FILE', 'must be set together with TLS_KEY_FILE')
   checkReadable('TLS_CERT_FILE', env.TLS_CERT_FILE)
   checkReadable('TLS_KEY_FILE', env.TLS_KEY_FILE)
+  if (env.TLS_CERT_FILE !== undefined && env.TLS_KEY_FILE !== undefined) checkTlsPair(env.TLS_CERT_FILE, env.TLS_KEY_FILE)
   if (env.NODE_ENV !== 'production') return
   if (!hasTls && trustProxy === false) {
     throw new ConfigError('TLS_CERT_FILE', 'production needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY for a TLS-terminating proxy')
@@ -329,8 +354,31 @@ function parseRedis (env: Env): RedisTarget | null {
   const credentials = { username: env.REDIS_USERNAME, password: env.REDIS_PASSWORD, tls: env.REDIS_TLS }
   if (env.REDIS_SENTINELS !== undefined) return { kind: 'sentinel', sentinels: parseHosts(env.REDIS_SENTINELS), name: env.REDIS_SENTINEL_NAME as string, ...credentials }
   if (env.REDIS_CLUSTER_NODES !== undefined) return { kind: 'cluster', nodes: parseHosts(env.REDIS_CLUSTER_NODES), ...credentials }
-  if (env.REDIS_URL !== undefined) return { kind: 'url', url: env.REDIS_URL }
+  if (env.REDIS_URL !== undefined) {
+    checkRedisUrl(env.REDIS_URL)
+    return { kind: 'url', url: env.REDIS_URL }
+  }
   return null
+}
+
+/**
+ * What ioredis parses at start, checked here: a malformed URL would
+ * otherwise stop the process with a stack trace that quotes it, password
+ * included. The value is never echoed.
+ */
+function checkRedisUrl (value: string): void {
+  let valid: boolean
+  try {
+    const url = new URL(value)
+    decodeURIComponent(url.username)
+    decodeURIComponent(url.password)
+    valid = url.hostname !== '' && url.port !== '0'
+  } catch {
+    valid = false
+  }
+  if (!valid) {
+    throw new ConfigError('REDIS_URL', 'is not a valid URL: redis[s]://[[user]:password@]host[:port][/db], port 1-65535, a # or % in the password percent-encoded')
+  }
 }
 
 /**

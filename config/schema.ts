@@ -1,14 +1,18 @@
 import Type, { type Static } from 'typebox'
 
-const Millis = (defaultValue: number, minimum = 1) =>
-  Type.Integer({ default: defaultValue, minimum })
+/** Longest delay a Node.js timer takes: longer ones fire after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
+const Millis = (defaultValue: number, minimum = 1, maximum = MAX_TIMER_MS) =>
+  Type.Integer({ default: defaultValue, minimum, maximum })
 
 /**
  * Every environment variable the gateway reads, with its default. The names
  * and defaults are part of the public contract (see README "Configuration").
  */
 export const EnvSchema = Type.Object({
-  HOST: Type.String({ default: '127.0.0.1', minLength: 1 }),
+  // A host name, an IPv4 address or an IPv6 one (a zone id included).
+  HOST: Type.String({ default: '127.0.0.1', pattern: '^[A-Za-z0-9._:%-]+$' }),
   PORT: Type.Integer({ default: 3000, minimum: 0, maximum: 65535 }),
   NODE_ENV: Type.Union([
     Type.Literal('development'),
@@ -52,7 +56,8 @@ export const EnvSchema = Type.Object({
   MAX_CONNECTIONS_PER_USER: Type.Integer({ default: 1, minimum: 1, maximum: 100 }),
   MAX_CONNECT_ATTEMPTS_PER_MINUTE: Type.Integer({ default: 5, minimum: 1 }),
   MAX_CONNECTIONS_PER_IP: Type.Integer({ default: 100, minimum: 1 }),
-  SHUTDOWN_TIMEOUT_MS: Millis(10000, 10),
+  // The process timer is this plus 5 s (src/server.ts).
+  SHUTDOWN_TIMEOUT_MS: Millis(10000, 10, MAX_TIMER_MS - 5000),
 
   MAX_MALFORMED_PER_MINUTE: Type.Integer({ default: 10, minimum: 1 }),
   MESSAGE_RATE_PER_SECOND: Type.Integer({ default: 20, minimum: 1 }),

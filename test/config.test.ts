@@ -1,15 +1,21 @@
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import * as fs from 'node:fs'
-import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import { ConfigError, loadConfig, normaliseOrigin, type GatewayConfig } from '../config/index.js'
 import { TEST_SECRET } from './helpers/tokens.js'
+import { makeCerts } from './helpers/certs.js'
 
-// Any readable files: loadConfig checks that the TLS files can be read.
-const READABLE_CERT = fileURLToPath(new URL('./helpers/certs.ts', import.meta.url))
-const READABLE_KEY = fileURLToPath(new URL('./helpers/tokens.ts', import.meta.url))
+// loadConfig checks that the TLS files are a certificate and its key.
+const CERTS = makeCerts(mkdtempSync(join(tmpdir(), 'config-certs-')))
+t.teardown(() => { rmSync(dirname(CERTS.certFile), { recursive: true, force: true }) })
+const READABLE_CERT = CERTS.certFile
+const READABLE_KEY = CERTS.keyFile
+// Readable files that are no certificate or key.
+const NOT_A_CERT = fileURLToPath(new URL('./helpers/certs.ts', import.meta.url))
 
 type Env = Record<string, string | undefined>
 
@@ -333,9 +339,50 @@ t.test('JWT_PUBLIC_KEY_FILE problems', async (t) => {
 
 t.test('TLS files come in pairs', async (t) => {
   refuses(t, withSecret({ TLS_CERT_FILE: READABLE_CERT }), 'TLS_KEY_FILE')
-  t.match(refuses(t, withSecret({ TLS_CERT_FILE: '/nonexistent/cert.pem', TLS_KEY_FILE: READABLE_KEY }), 'TLS_CERT_FILE').message, /cannot read \/nonexistent\/cert\.pem \(ENOENT\)/)
+  t.match(refuses(t, withSecret({ TLS_CERT_FILE: '/nonexistent/cert.pem', TLS_KEY_FILE: READABLE_KEY }), 'TLS_CERT_FILE').message, /cannot read "\/nonexistent\/cert\.pem" \(ENOENT\)/)
   refuses(t, withSecret({ TLS_KEY_FILE: READABLE_KEY }), 'TLS_CERT_FILE')
   refuses(t, withSecret({ TLS_CERT_FILE: READABLE_CERT, TLS_KEY_FILE: '' }), 'TLS_KEY_FILE')
+})
+
+// Regressions: these passed the checks at start and then stopped the process
+// with a stack trace (a malformed REDIS_URL's quoting its password), or
+// broke the instance while it ran.
+t.test('values that would fail once the server runs are refused at start', async (t) => {
+  for (const url of ['redis://user:S3cretPw@127.0.0.1:99999', 'redis://:S3cret#Pw@127.0.0.1:6390', 'redis://127.0.0.1:abc', 'redis://:S3cret%zz@127.0.0.1', 'redis://', 'redis://h:0']) {
+    const error = refuses(t, withSecret({ REDIS_URL: url }), 'REDIS_URL')
+    t.notMatch(error.message, /S3cret/, 'the URL is never echoed')
+  }
+  for (const url of ['redis://r:6379', 'rediss://user:pw@host:6380/2', 'redis://[::1]:6379', 'redis://localhost', 'redis://:p%23w@h:1']) {
+    t.equal(loadConfig(withSecret({ REDIS_URL: url })).redisUrl, url, `${url} is accepted`)
+  }
+
+  const unusable = refuses(t, withSecret({ TLS_CERT_FILE: NOT_A_CERT, TLS_KEY_FILE: NOT_A_CERT }), 'TLS_CERT_FILE')
+  t.match(unusable.message, /TLS_CERT_FILE and TLS_KEY_FILE are not a certificate and its private key in PEM \(.+\)/)
+  const strangerKey = join(t.testdir(), 'other.key')
+  writeFileSync(strangerKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }))
+  refuses(t, withSecret({ TLS_CERT_FILE: READABLE_CERT, TLS_KEY_FILE: strangerKey }), 'TLS_CERT_FILE')
+
+  refuses(t, withSecret({ HOST: 'not a host' }), 'HOST')
+  for (const host of ['0.0.0.0', '::', '::1', 'fe80::1%eth0', 'gateway.internal', 'localhost']) t.equal(loadConfig(withSecret({ HOST: host })).host, host)
+
+  // Node.js fires a timer of more than 2^31 - 1 ms after 1 ms.
+  refuses(t, withSecret({ HEARTBEAT_INTERVAL_MS: '2147483648' }), 'HEARTBEAT_INTERVAL_MS')
+  refuses(t, withSecret({ BUS_PROBE_INTERVAL_MS: '3000000000' }), 'BUS_PROBE_INTERVAL_MS')
+  refuses(t, withSecret({ SHUTDOWN_TIMEOUT_MS: '2147478648' }), 'SHUTDOWN_TIMEOUT_MS')
+  t.equal(loadConfig(withSecret({ SHUTDOWN_TIMEOUT_MS: '2147478647', HEARTBEAT_INTERVAL_MS: '2147483647' })).shutdownTimeoutMs, 2147478647)
+
+  t.match(refuses(t, withSecret({ ALLOWED_ORIGINS: ' , ' }), 'ALLOWED_ORIGINS').message, /lists no origin/)
+  refuses(t, { NODE_ENV: 'test', JWT_JWKS_URL: 'https://' }, 'JWT_JWKS_URL')
+  refuses(t, { NODE_ENV: 'test', JWT_JWKS_URL: 'https://idp example/jwks' }, 'JWT_JWKS_URL')
+})
+
+t.test('messages stay on one line and name the choices', async (t) => {
+  // refuses() checks the one line.
+  refuses(t, withSecret({ ALLOWED_ORIGINS: 'https://a.example\nhttps://b.example' }), 'ALLOWED_ORIGINS')
+  refuses(t, withSecret({ TRUST_PROXY: '10.0.0.1,bad\nentry' }), 'TRUST_PROXY')
+  refuses(t, withSecret({ TLS_CERT_FILE: '/no/such\nfile', TLS_KEY_FILE: READABLE_KEY }), 'TLS_CERT_FILE')
+  t.match(refuses(t, withSecret({ NODE_ENV: 'Production' }), 'NODE_ENV').message, 'must be one of development, production, test (got "Production")')
+  t.match(refuses(t, withSecret({ LOG_LEVEL: 'INFO' }), 'LOG_LEVEL').message, 'must be one of fatal, error, warn, info, debug, trace, silent')
 })
 
 t.test('production rules', async (t) => {
