@@ -10,7 +10,8 @@ import { POSITION_PATTERN } from './position.js'
 /** Longest accepted token in an `auth` message; real JWTs are far shorter. */
 const MAX_TOKEN_LENGTH = 8192
 const Id = Type.String({ minLength: 1, maxLength: 128 })
-const PingId = Type.Union([Id, Type.Integer()])
+// A safe integer: a larger one would not be echoed as sent (JSON numbers are doubles here).
+const PingId = Type.Union([Id, Type.Integer({ minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER })])
 
 export const SeveritySchema = Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')])
 export type Severity = Static<typeof SeveritySchema>

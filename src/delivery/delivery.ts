@@ -436,6 +436,12 @@ export class Delivery {
    * read; from then on the session gets live alerts, none twice.
    */
   attach (session: Session, plan: ResumePlan, welcome: Welcome): void {
+    this.#sessions.sendFirst(session, () => { this.#writeFirst(session, plan, welcome) })
+    this.#sessions.add(session)
+  }
+
+  /** The session's first frames: welcome, the replay and `resumed`, what went by since the plan. */
+  #writeFirst (session: Session, plan: ResumePlan, welcome: Welcome): void {
     const { all, user } = plan
     if (all !== null && user !== null) welcome.pos = { all: formatPosition(all.epoch, all.top), user: formatPosition(user.epoch, user.top) }
     this.#sessions.send(session, Buffer.from(JSON.stringify(welcome)))
@@ -444,7 +450,6 @@ export class Delivery {
         this.#metrics.resumed(false, 0)
         this.#sendFrame(session, { type: 'resumed', recovered: false, replayed: 0, pos: { all: NO_POSITION, user: NO_POSITION } })
       }
-      this.#sessions.add(session)
       return
     }
     if (plan.asked) {
@@ -466,7 +471,6 @@ export class Delivery {
     const [floorUser, floorUserEpoch] = this.#fill(session, follow as StreamFollow, user, 'user')
     session.floorUser = floorUser
     session.floorUserEpoch = floorUserEpoch
-    this.#sessions.add(session)
   }
 
   /**

@@ -105,10 +105,13 @@ function dispatch (ctx: MessageContext, session: Session, message: ClientFrame):
       ctx.log.debug({ connectionId: session.id, alertId: message.alertId }, 'alert acknowledged')
       break
     case 'auth':
+      // Counted while checked: a re-auth deadline that passes meanwhile
+      // waits for the outcome (see SessionRegistry).
+      session.authChecks++
       reauthenticate(ctx, session, message.token).catch((err) => {
         ctx.log.error({ err, connectionId: session.id }, 're-auth failed internally')
         session.close(CloseCode.INTERNAL_ERROR)
-      })
+      }).finally(() => { session.authChecks-- })
       break
   }
 }
@@ -122,7 +125,9 @@ export function handleMessage (ctx: MessageContext, session: Session, data: RawD
   if (session.closing) return
   try {
     ctx.metrics.messagesReceived.inc()
-    const now = Date.now()
+    // For the rate and the malformed window: a step of the wall clock must
+    // neither drain the bucket nor keep old mistakes in the window.
+    const now = performance.now()
     if (isBinary) {
       ctx.metrics.rejected('binary')
       session.close(CloseCode.BINARY_FRAME)

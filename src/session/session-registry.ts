@@ -31,6 +31,8 @@ export class SessionRegistry {
   readonly #heartbeat: Heartbeat<Session>
   readonly #wheel: DeadlineWheel<Session>
   readonly #reauthFrame: Buffer
+  /** The session whose first frames are being written (sendFirst), uncapped. */
+  #writingFirst: Session | null = null
   /** Broadcast frames accepted but not yet written (see broadcast()), and their positions. */
   readonly #pending: Buffer[] = []
   readonly #pendingSeqs: number[] = []
@@ -113,6 +115,8 @@ export class SessionRegistry {
 
   /** Files the session's next re-auth or expiry deadline. */
   reschedule (session: Session): void {
+    // Removed while its `auth` was checked: nothing left to file.
+    if (session.index === -1) return
     const reauthAt = session.reauthDeadlineMs > 0
       ? session.reauthDeadlineMs
       : session.authAtMs + this.#ws.reauthIntervalMs
@@ -126,12 +130,31 @@ export class SessionRegistry {
    */
   #writable (session: Session): boolean {
     if (!session.open) return false
-    if (session.socket.bufferedAmount > this.#ws.sendBufferMaxBytes) {
-      this.#log.warn({ connectionId: session.id, userId: session.userId, buffered: session.socket.bufferedAmount }, 'slow consumer closed')
+    if (session === this.#writingFirst) return true
+    const buffered = session.socket.bufferedAmount
+    if (buffered > this.#ws.sendBufferMaxBytes + session.sendAllowance) {
+      this.#log.warn({ connectionId: session.id, userId: session.userId, buffered }, 'slow consumer closed')
       session.close(CloseCode.OVERLOADED)
       return false
     }
+    if (session.sendAllowance !== 0 && buffered <= this.#ws.sendBufferMaxBytes) session.sendAllowance = 0
     return true
+  }
+
+  /**
+   * Writes a session's first frames (`write`: welcome, replay, resumed,
+   * what went by meanwhile) whatever they leave buffered: a replay of a
+   * full history is the server's burst, not a slow client. The cap then
+   * applies on top of what they left, until the buffer drains below it.
+   */
+  sendFirst (session: Session, write: () => void): void {
+    this.#writingFirst = session
+    try {
+      write()
+    } finally {
+      this.#writingFirst = null
+    }
+    session.sendAllowance = session.socket.bufferedAmount
   }
 
   /** Writes an encoded frame to one session (counted in ws_messages_sent_total). */
@@ -256,6 +279,12 @@ export class SessionRegistry {
     }
     if (session.reauthDeadlineMs > 0) {
       if (now >= session.reauthDeadlineMs) {
+        // Answered in time, still being checked (a slow revocation read):
+        // the check's outcome keeps or closes the session; look again soon.
+        if (session.authChecks > 0) {
+          this.#wheel.schedule(session, now + WHEEL_RESOLUTION_MS)
+          return
+        }
         session.close(CloseCode.TOKEN_EXPIRED)
         return
       }

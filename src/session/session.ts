@@ -40,9 +40,19 @@ export class Session {
   index = -1
   /** Deadline wheel bucket this session is filed under; -1 when none. */
   bucket = -1
-  // Message rate: a token bucket refilled at the configured rate.
+  // Message rate: a token bucket refilled at the configured rate
+  // (performance.now(): a step of the wall clock must not drain it).
   tokens: number
   tokensAt: number
+  /** `auth` messages being checked (their token, then its revocation). */
+  authChecks = 0
+  /**
+   * Unsent bytes allowed beyond SEND_BUFFER_MAX_BYTES: what the session's
+   * first frames (welcome, replay, resumed) left buffered, written at once
+   * by the server, not a sign of a slow client. Gone once the buffer has
+   * drained below the cap.
+   */
+  sendAllowance = 0
   /**
    * Positions (sequence numbers in the stream's current epoch) up to which
    * the session already has the alerts of each stream, from its resume:
@@ -67,7 +77,7 @@ export class Session {
     this.authAtMs = init.authAtMs
     this.openedAt = Date.now()
     this.tokens = burst
-    this.tokensAt = this.openedAt
+    this.tokensAt = performance.now()
   }
 
   get open (): boolean {

@@ -228,6 +228,37 @@ t.test('re-authentication', async (t) => {
     await client.close()
   })
 
+  // Regression: the re-auth deadline closed the session with 4401 while
+  // the `auth` it answered in time was still being checked (a revocation
+  // read stalled on Redis).
+  t.test('an answer sent in time is waited for past the deadline while its check is out', async (t) => {
+    const gw = await build(t, { env: { REAUTH_INTERVAL_MS: String(reauthMs), REAUTH_GRACE_MS: String(graceMs) } })
+    const sub = newUser()
+    const { client } = await TestClient.connect(gw.wsUrl, { token: userToken(sub) })
+    const revocations = gw.app.cluster.revocations
+    const read = revocations.revokedBefore.bind(revocations)
+    let releaseCheck = (): void => {}
+    const checking = new Promise<void>((resolve) => {
+      revocations.revokedBefore = async (userId) => {
+        resolve()
+        await new Promise<void>((resolve) => { releaseCheck = resolve })
+        return await read(userId)
+      }
+    })
+    t.teardown(() => { revocations.revokedBefore = read; releaseCheck() })
+    await client.next('reauth', reauthMs * 4)
+    const deadline = Date.now() + graceMs
+    client.send({ type: 'auth', token: userToken(sub) })
+    await checking
+    // Well past the deadline and a few turns of the deadline wheel (100 ms).
+    await new Promise((resolve) => setTimeout(resolve, deadline - Date.now() + 400))
+    t.equal(client.ws.readyState, client.ws.OPEN, 'not closed while its answer is checked')
+    revocations.revokedBefore = read
+    releaseCheck()
+    t.same(await client.pingPong('kept'), { type: 'pong', id: 'kept' }, 'the check passed: the session stays')
+    await client.close()
+  })
+
   t.test('a frame that closes the socket while a re-auth is being checked wins', async (t) => {
     const sub = newUser()
     const { client } = await TestClient.connect(wsUrl, { token: userToken(sub) })

@@ -97,6 +97,34 @@ t.test('malformed, unknown and invalid messages get an error reply with a code',
   await second.close()
 })
 
+// Regressions: a ping id over 2^53 was answered with another number (JSON
+// numbers are doubles); the message rate was counted on the wall clock, so
+// a clock stepped back (NTP) drained the bucket and closed an idle client
+// with 1008.
+t.test('ping ids are echoed as sent: integers beyond 2^53 are refused', async (t) => {
+  const { wsUrl } = await build(t)
+  const client = await TestClient.connectAs(wsUrl)
+  client.send('{"type":"ping","id":9007199254740993}')
+  t.match(await client.next(), { type: 'error', code: 'invalid_message' })
+  client.send('{"type":"ping","id":-9007199254740991}')
+  t.same(await client.next(), { type: 'pong', id: -9007199254740991 }, 'the safe integers are echoed')
+  await client.close()
+})
+
+t.test('a step back of the wall clock neither closes a client nor counts against its rate', async (t) => {
+  const { wsUrl } = await build(t, { env: { MESSAGE_RATE_PER_SECOND: '2', MESSAGE_BURST: '4' } })
+  const client = await TestClient.connectAs(wsUrl)
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  const stepped = realNow() - 3000
+  const started = realNow()
+  Date.now = () => stepped + (realNow() - started)
+  sendTogether(client, [1, 2, 3, 4].map((id) => [JSON.stringify({ type: 'ping', id }), false]))
+  for (const id of [1, 2, 3, 4]) t.same(await client.next(), { type: 'pong', id }, `ping ${id} of the burst answered`)
+  Date.now = realNow
+  await client.close()
+})
+
 t.test('the 11th malformed message within a minute closes with 1008', async (t) => {
   const { wsUrl } = await build(t)
   const client = await TestClient.connectAs(wsUrl)
@@ -118,10 +146,10 @@ t.test('the malformed allowance is per minute: a minute later the count starts o
     client.send(`early ${i}`)
     await client.next('error')
   }
-  // Move the clock (the gateway's and ours) a minute on.
-  const realNow = Date.now
-  t.teardown(() => { Date.now = realNow })
-  Date.now = () => realNow() + 60_000
+  // Move the gateway's monotonic clock (its window's) a minute on.
+  const realNow = performance.now.bind(performance)
+  t.teardown(() => { performance.now = realNow })
+  performance.now = () => realNow() + 60_000
   for (let i = 1; i <= 10; i++) {
     client.send(`late ${i}`)
     await client.next('error')
@@ -129,7 +157,7 @@ t.test('the malformed allowance is per minute: a minute later the count starts o
   t.same(await client.pingPong('open'), { type: 'pong', id: 'open' }, '20 malformed messages, but only 10 within the last minute')
   client.send('one too many')
   t.equal((await client.waitClosed()).code, 1008)
-  Date.now = realNow
+  performance.now = realNow
 })
 
 t.test('MAX_MALFORMED_PER_MINUTE sets the allowance', async (t) => {

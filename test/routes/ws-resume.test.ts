@@ -87,6 +87,30 @@ for (const bus of ['memory', 'redis'] as const) {
   })
 }
 
+// Regression: the replay is written in one batch, so it sat in the send
+// buffer as a whole; past SEND_BUFFER_MAX_BYTES (1 MiB) the session was
+// closed with 1013 partway through (251 of 300 alerts of 4 KB), although
+// the client read as fast as it could.
+t.test('a replay larger than the send buffer cap reaches a client that reads, then live alerts do', async (t) => {
+  const gw = await build(t, { env: { MAX_CONNECT_ATTEMPTS_PER_MINUTE: '1000', REST_RATE_LIMIT_PER_MINUTE: '100000' } })
+  const sub = newUser()
+  const first = await TestClient.connect(gw.wsUrl, { token: userToken(sub) })
+  const since = (first.welcome.pos as { all: string, user: string }).user
+  await first.client.close()
+  for (let i = 0; i < 300; i++) {
+    const res = await publish(gw.url, serviceToken(), { target: { userId: sub }, severity: 'info', title: `r${i}`, body: 'b'.repeat(4000) })
+    t.equal(res.status, 202, `alert ${i}`, { diagnostic: res.status !== 202 })
+  }
+  const client = await TestClient.open(resumeUrl(gw.wsUrl, { user: since }), bearer(sub))
+  t.equal((await client.next()).type, 'welcome')
+  const frames = await untilResumed(client)
+  t.equal(frames.filter((frame) => frame.type === 'alert').length, 300, 'the whole replay, more than 1 MiB')
+  t.match(frames.at(-1), { type: 'resumed', recovered: true, replayed: 300 })
+  const live = await publish(gw.url, serviceToken(), alertTo({ userId: sub }, 'live'))
+  t.match(await client.next('alert'), { id: live.body.id, title: 'live' }, 'and it stays open for live alerts')
+  await client.close()
+})
+
 t.test('history off: no positions, a resume is not recovered', async (t) => {
   const { url, wsUrl } = await build(t, { env: { HISTORY_MAX_ENTRIES: '0' } })
   const sub = newUser()

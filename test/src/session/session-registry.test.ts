@@ -76,3 +76,43 @@ t.test('broadcasts of one turn of the event loop leave in one write per socket',
   await turn()
   t.equal(events.length, 7)
 })
+
+t.test('a session\'s first frames are not held against the send buffer cap; the cap then counts on top of them until drained', async (t) => {
+  const counter = { inc () {}, dec () {}, observe () {} }
+  const metrics = { connectionsActive: counter, connectionDuration: counter, messagesSent: counter } as unknown as GatewayMetrics
+  const registry = new SessionRegistry({ ws: { ...testConfig().ws, sendBufferMaxBytes: 100 }, metrics, log: pino({ level: 'silent' }) })
+  const closed: number[] = []
+  const socket = {
+    readyState: 1,
+    bufferedAmount: 0,
+    send: (frame: Buffer) => { socket.bufferedAmount += frame.length },
+    close: (code: number) => { closed.push(code); socket.readyState = 2 }
+  }
+  const session = new Session({ id: 's', userId: 'u', socket: socket as unknown as WebSocket, generation: 1, tokenExpMs: Date.now() + 60000, tokenIatSec: null, authAtMs: Date.now() }, 10)
+  const frame = Buffer.alloc(50)
+  let written = 0
+  registry.sendFirst(session, () => { for (let i = 0; i < 10; i++) if (registry.send(session, frame)) written++ })
+  t.equal(written, 10, 'a replay far over the cap is written whole')
+  t.equal(session.sendAllowance, 500, 'what it left buffered is allowed on top of the cap')
+  t.ok(registry.send(session, frame), 'a live frame while it drains')
+  socket.bufferedAmount = 80
+  t.ok(registry.send(session, frame), 'drained below the cap')
+  t.equal(session.sendAllowance, 0, 'the allowance is gone')
+  t.notOk(registry.send(session, frame), 'over the cap again: a slow consumer')
+  t.same(closed, [1013])
+  t.notOk(registry.send(session, frame), 'closed: nothing more is written')
+  registry.remove(session)
+})
+
+t.test('a session removed while its auth was being checked is not filed for a deadline again', async (t) => {
+  const counter = { inc () {}, dec () {}, observe () {} }
+  const metrics = { connectionsActive: counter, connectionDuration: counter, messagesSent: counter } as unknown as GatewayMetrics
+  const registry = new SessionRegistry({ ws: testConfig().ws, metrics, log: pino({ level: 'silent' }) })
+  const socket = { readyState: 1, bufferedAmount: 0, send () {}, close () {} } as unknown as WebSocket
+  const session = new Session({ id: 's', userId: 'u', socket, generation: 1, tokenExpMs: Date.now() + 60000, tokenIatSec: null, authAtMs: Date.now() }, 10)
+  registry.add(session)
+  t.not(session.bucket, -1, 'filed while registered')
+  registry.remove(session)
+  registry.reschedule(session)
+  t.equal(session.bucket, -1, 'not filed again once removed')
+})
