@@ -39,15 +39,22 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   readonly #book: PositionBook
   readonly #limiter: AttemptLimiter
   #state: StateChange['state'] = 'connecting'
+  /** The one socket; events of any other are ignored. */
   #socket: WebSocketLike | null = null
-  #opening = false
+  /** The attempt fetching a token and reading the positions, before it dials; any other's results are dropped. */
+  #pending: object | null = null
   #disposed = false
   #attempt = 0
   #welcome: Welcome | null = null
   /** The positions the current socket resumes from. */
   #asked: Since = {}
+  /** Armed only while nothing else is under way: no socket, no pending attempt. */
   #retryTimer: ReturnType<typeof setTimeout> | undefined
-  /** Next ping while idle; the pong deadline while a ping is unanswered; the welcome deadline before it. */
+  /**
+   * The token and positions deadline of a pending attempt; then the welcome
+   * deadline; then the next ping while idle, or the pong deadline while a
+   * ping is unanswered.
+   */
   #linkTimer: ReturnType<typeof setTimeout> | undefined
   #pingId = 0
   #awaitedPong: number | null = null
@@ -92,11 +99,13 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   /**
    * Connects now (e.g. on the browser's `online` event, or to take over
    * again after 4409), within the attempt limit. Does nothing while a
-   * socket is open or connecting, or after close(); returns whether it did.
+   * socket is open or connecting, after a 4403 (logged out: once the user
+   * logged in again, connect() a new client), or after close(); returns
+   * whether it did.
    */
   reconnect (): boolean {
-    if (this.#disposed || this.#socket !== null || this.#opening) return false
-    clearTimeout(this.#retryTimer)
+    if (this.#disposed || this.#state === 'logged-out' || this.#busy()) return false
+    this.#cancelRetry()
     const wait = this.#limiter.waitMs(this.#o.now())
     if (wait > 0) this.#retryIn(wait, undefined)
     else this.#openSocket()
@@ -107,7 +116,7 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   close (): void {
     if (this.#disposed) return
     this.#disposed = true
-    clearTimeout(this.#retryTimer)
+    this.#cancelRetry()
     const socket = this.#socket
     this.#release()
     if (socket !== null) discard(socket)
@@ -115,23 +124,39 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   }
 
   #openSocket (): void {
-    // Scheduled before close(), or queued by connect() while reconnect() already dials.
-    if (this.#disposed || this.#opening) return
-    this.#opening = true
+    // Queued by connect() while reconnect() already dials: one attempt at a time.
+    if (this.#disposed || this.#busy()) return
+    const attempt = {}
+    this.#pending = attempt
     this.#setState({ state: 'connecting' })
+    // A state listener may have called close().
+    if (this.#pending !== attempt) return
     let token = ''
+    let awaited = 'getToken()'
+    // Neither may hang the client: a promise that never settles is a failed attempt.
+    this.#linkTimer = setTimeout(() => {
+      this.#pending = null
+      this.#retryAfter({ kind: 'timeout', message: `${awaited} did not finish within the timeout` }, undefined)
+    }, this.#o.connectTimeoutMs)
     Promise.resolve().then(() => this.#o.getToken()).then(checkToken).then(async (value) => {
       token = value
+      awaited = 'reading the stored positions'
       // The user before any welcome: the token's own claim (see tokenSubject).
-      return this.#book.load(tokenSubject(token))
-    }).then((since) => {
-      this.#opening = false
-      if (!this.#disposed) this.#dial(token, since)
+      return this.#book.read(tokenSubject(token))
+    }).then((stored) => {
+      // Given up on (timed out, or close()): whatever it brings is dropped.
+      if (this.#pending !== attempt) return
+      clearTimeout(this.#linkTimer)
+      // Reports a storage that cannot be read: an error listener may call close().
+      const since = this.#book.load(stored)
+      if (this.#pending !== attempt) return
+      this.#pending = null
+      this.#dial(token, since)
     }, (err: unknown) => {
-      this.#opening = false
-      if (this.#disposed) return
-      this.#emitError({ kind: 'token', message: `getToken failed: ${messageOf(err)}` })
-      this.#scheduleReconnect(undefined)
+      if (this.#pending !== attempt) return
+      clearTimeout(this.#linkTimer)
+      this.#pending = null
+      this.#retryAfter({ kind: 'token', message: `getToken failed: ${messageOf(err)}` }, undefined)
     })
   }
 
@@ -148,18 +173,25 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     try {
       socket = new this.#o.WebSocket(url.toString())
     } catch (err) {
-      this.#emitError({ kind: 'socket', message: `could not open the socket: ${messageOf(err)}` })
-      this.#scheduleReconnect(undefined)
+      this.#retryAfter({ kind: 'socket', message: `could not open the socket: ${messageOf(err)}` }, undefined)
       return
     }
     this.#socket = socket
     socket.onmessage = (event) => this.#onMessage(socket, event.data)
-    socket.onclose = (event) => this.#onClose(event.code)
+    socket.onclose = (event) => this.#onClose(socket, event.code)
     socket.onerror = noop // the close event follows with the code
     this.#linkTimer = setTimeout(() => this.#deadLink(socket, 'no welcome'), this.#o.connectTimeoutMs)
   }
 
+  /*
+   * Listeners run inside every emit, and may call close() (reconnect() is
+   * refused while a socket is current): after each step that emits, the
+   * socket must still be the current one before anything else is done.
+   */
+
   #onMessage (socket: WebSocketLike, data: unknown): void {
+    // A socket given up on, or one that did not stop at its close event.
+    if (socket !== this.#socket) return
     let frame: ServerFrame
     try {
       frame = JSON.parse(String(data))
@@ -169,20 +201,22 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     }
     switch (frame?.type) {
       case 'welcome':
-        this.#welcome = frame
         this.#book.welcome(frame.userId, frame.pos)
+        if (socket !== this.#socket) return
+        this.#welcome = frame
         this.#attempt = 0
         this.#schedulePing(socket)
         this.#setState({ state: 'open' })
         break
       case 'alert':
-        this.#onAlert(frame)
+        this.#onAlert(socket, frame)
         break
       case 'resumed':
-        this.#onResumed(frame)
+        this.#onResumed(socket, frame)
         break
       case 'gap':
         this.#book.moveTo(frame.pos)
+        if (socket !== this.#socket) return
         this.emit('gap', { streams: frame.streams, pos: frame.pos })
         break
       case 'reauth':
@@ -201,21 +235,22 @@ export class AlertClient extends TypedEvents<ClientEvents> {
     }
   }
 
-  #onAlert (alert: Alert): void {
+  #onAlert (socket: WebSocketLike, alert: Alert): void {
     if (typeof alert.id !== 'string') {
       this.#emitError({ kind: 'protocol', message: 'the server sent an alert without an id' })
       return
     }
     // A duplicate still says where the stream stands.
     this.#book.advance(alert.stream, alert.pos)
-    if (!this.#recent.add(alert.id)) return
+    if (socket !== this.#socket || !this.#recent.add(alert.id)) return
     this.emit('alert', alert)
     if (this.#o.autoAck) this.ack(alert.id)
   }
 
-  #onResumed (frame: Resumed): void {
+  #onResumed (socket: WebSocketLike, frame: Resumed): void {
     const asked = this.#asked
     this.#book.moveTo(frame.pos)
+    if (socket !== this.#socket) return
     // A stream whose position did not move missed nothing.
     const gaps = frame.recovered ? [] : STREAMS.filter((s) => asked[s] !== undefined && asked[s] !== frame.pos[s])
     this.emit('resumed', { recovered: frame.recovered, replayed: frame.replayed, gaps, pos: frame.pos })
@@ -244,14 +279,18 @@ export class AlertClient extends TypedEvents<ClientEvents> {
   #deadLink (socket: WebSocketLike, what: string): void {
     this.#release()
     discard(socket)
-    this.#emitError({ kind: 'timeout', message: `${what} within the timeout: the link is dead` })
-    this.#scheduleReconnect(CloseCode.ABNORMAL)
+    this.#retryAfter({ kind: 'timeout', message: `${what} within the timeout: the link is dead` }, CloseCode.ABNORMAL)
   }
 
-  #onClose (code: number): void {
-    // A socket we discarded never reaches here: its handlers are no-ops.
+  #onClose (socket: WebSocketLike, code: number): void {
+    // A socket we discarded has no-op handlers; this catches one that closes twice.
+    if (socket !== this.#socket) return
     this.#release()
     switch (closePolicy(code)) {
+      case 'reconnect-now':
+        // The server restarts on purpose: no backoff, but never over the attempt limit.
+        this.#retryIn(this.#limiter.waitMs(this.#o.now()), code)
+        return
       case 'logged-out':
         this.#setState({ state: 'logged-out', code })
         return
@@ -268,23 +307,52 @@ export class AlertClient extends TypedEvents<ClientEvents> {
 
   #halt (code: number, message: string): void {
     this.#emitError({ kind: 'closed', code, message })
-    this.#setState({ state: 'closed', code })
+    // Unless an error listener already took over again (reconnect()) or closed.
+    if (this.#idle()) this.#setState({ state: 'closed', code })
+  }
+
+  /** Reports why an attempt or a session failed, then retries. */
+  #retryAfter (error: ClientError, code: number | undefined): void {
+    this.#emitError(error)
+    this.#scheduleReconnect(code)
   }
 
   #scheduleReconnect (code: number | undefined): void {
+    // An error listener may have decided already: reconnect() dials (or waits), close() stops.
+    if (!this.#idle()) return
     const delay = Math.max(backoffDelay(this.#attempt, this.#o.backoff, this.#o.random), this.#limiter.waitMs(this.#o.now()))
     this.#attempt++
     this.#retryIn(delay, code)
   }
 
   #retryIn (delay: number, code: number | undefined): void {
-    this.#retryTimer = setTimeout(() => this.#openSocket(), delay)
+    this.#cancelRetry()
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined
+      this.#openSocket()
+    }, delay)
     this.#setState({ state: 'reconnecting', code, retryInMs: delay })
   }
 
-  /** Forgets the current socket and its timers. */
+  #cancelRetry (): void {
+    clearTimeout(this.#retryTimer)
+    this.#retryTimer = undefined
+  }
+
+  /** A socket, or an attempt on its way to one. */
+  #busy (): boolean {
+    return this.#socket !== null || this.#pending !== null
+  }
+
+  /** Nothing under way and nothing armed: the client may start the next step itself. */
+  #idle (): boolean {
+    return !this.#disposed && !this.#busy() && this.#retryTimer === undefined
+  }
+
+  /** Forgets the current socket (or pending attempt) and its timers. */
   #release (): void {
     clearTimeout(this.#linkTimer)
+    this.#pending = null
     this.#socket = null
     this.#welcome = null
     this.#awaitedPong = null

@@ -30,6 +30,9 @@ export class AttemptLimiter {
   readonly #times: number[] = []
 
   constructor (max: number, windowMs: number) {
+    // max 0 (or a fraction) would make waitMs() NaN: a timer that fires at once, no limit at all.
+    if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`AttemptLimiter: max must be a whole number of at least 1, not ${max}`)
+    if (!(windowMs > 0)) throw new RangeError(`AttemptLimiter: windowMs must be a positive number, not ${windowMs}`)
     this.#max = max
     this.#windowMs = windowMs
   }

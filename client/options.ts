@@ -44,7 +44,7 @@ export interface ConnectOptions {
   WebSocket?: WebSocketConstructor
   /** Reconnect delays: full jitter between 0 and min(capMs, baseMs * 2^attempt). Default 500 ms -> 30 s. */
   backoff?: Partial<BackoffOptions>
-  /** Connect attempts allowed in any rolling minute; default 5, the gateway's limit. */
+  /** Connect attempts allowed in any rolling minute (a whole number); default 5, the gateway's limit. */
   maxAttemptsPerMinute?: number
   /** Reconnect after 4409 (replaced by a newer connection of the same user). Default false. */
   reconnectOnReplaced?: boolean
@@ -52,9 +52,13 @@ export interface ConnectOptions {
   pingIntervalMs?: number
   /** No pong within this time: the link is dead, reconnect. Default 10000 ms. */
   pongTimeoutMs?: number
-  /** No welcome this long after dialling: give up on the attempt. Default 10000 ms. */
+  /**
+   * Bounds each step of a connect attempt: getToken() and reading the
+   * positions, then the welcome after dialling. Past it the attempt is given
+   * up, reported (error `timeout`) and retried. Default 10000 ms.
+   */
   connectTimeoutMs?: number
-  /** How many recent alert ids are remembered to drop duplicates; default 1000. */
+  /** How many recent alert ids are remembered to drop duplicates (a whole number); default 1000. */
   dedupeCapacity?: number
   /** Send `ack` as soon as the alert listeners have run. Default false: call ack() once shown. */
   autoAck?: boolean
@@ -92,6 +96,13 @@ function positive (name: string, value: number | undefined, fallback: number): n
   return value
 }
 
+/** A count: a fraction would be rounded down to 0, no attempt limit or no dedupe memory at all. */
+function positiveInteger (name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback
+  if (!Number.isSafeInteger(value) || value < 1) throw new TypeError(`connect: option ${name} must be a whole number of at least 1`)
+  return value
+}
+
 function wsUrl (value: string | URL): string {
   const url = new URL(value)
   if (url.protocol === 'http:' || url.protocol === 'https:') url.protocol = url.protocol === 'http:' ? 'ws:' : 'wss:'
@@ -117,13 +128,13 @@ export function resolveOptions (options: ConnectOptions): ResolvedOptions {
       baseMs: positive('backoff.baseMs', options.backoff?.baseMs, DEFAULT_BACKOFF.baseMs),
       capMs: positive('backoff.capMs', options.backoff?.capMs, DEFAULT_BACKOFF.capMs)
     },
-    maxAttemptsPerMinute: Math.floor(positive('maxAttemptsPerMinute', options.maxAttemptsPerMinute, 5)),
+    maxAttemptsPerMinute: positiveInteger('maxAttemptsPerMinute', options.maxAttemptsPerMinute, 5),
     attemptWindowMs: ATTEMPT_WINDOW_MS,
     reconnectOnReplaced: options.reconnectOnReplaced === true,
     pingIntervalMs: positive('pingIntervalMs', options.pingIntervalMs, 25_000),
     pongTimeoutMs: positive('pongTimeoutMs', options.pongTimeoutMs, 10_000),
     connectTimeoutMs: positive('connectTimeoutMs', options.connectTimeoutMs, 10_000),
-    dedupeCapacity: Math.floor(positive('dedupeCapacity', options.dedupeCapacity, 1000)),
+    dedupeCapacity: positiveInteger('dedupeCapacity', options.dedupeCapacity, 1000),
     autoAck: options.autoAck === true,
     random: options.random ?? Math.random,
     now: options.now ?? Date.now

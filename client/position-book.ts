@@ -30,13 +30,25 @@ function parse (stored: string | null): Since | null {
   return since
 }
 
+/** What a connect attempt found in storage for `user` (see PositionBook.read). */
+export interface StoredPositions {
+  user: string | null
+  /** Null: nothing usable stored, or storage could not be read. */
+  since: Since | null
+  /** Why storage could not be read; null when it could. */
+  error: string | null
+}
+
 /**
  * Where one user stands in both streams, kept in memory and written to
- * storage (under `prefix + userId`) after every change. The stored copy is
- * what a connect resumes from; the memory copy stands in when storage cannot
- * be read. A stored copy that lags behind (a lost or pending write) only
- * makes the server replay alerts the client already has, which it drops
- * by id: the failure is a duplicate, never a loss.
+ * storage (under `prefix + userId`) after every change. A connect resumes
+ * from the stored copy (another tab sharing the storage may have moved it),
+ * except while the memory copy has not reached storage (its last write
+ * failed, or is still under way): then memory is newer and wins. The memory
+ * copy also stands in when storage cannot be read. A stored copy that lags
+ * behind anyway (a write storage dropped without saying so) only makes the
+ * server replay alerts the client already has, which it drops by id: the
+ * failure is a duplicate, never a loss.
  */
 export class PositionBook {
   readonly #storage: PositionStorage
@@ -47,6 +59,8 @@ export class PositionBook {
   /** An async write is under way; `#dirty`: write again when it ends. */
   #writing = false
   #dirty = false
+  /** Memory holds positions storage may lack: the last write failed or has not ended. */
+  #unsaved = false
 
   constructor (storage: PositionStorage, prefix: string, onError: (message: string) => void) {
     this.#storage = storage
@@ -60,20 +74,32 @@ export class PositionBook {
   }
 
   /**
-   * Before a connect: the positions of `user` to resume from. A null user
-   * (the token says no user) resumes from memory: the client serves one user.
+   * Before a connect, step one: what storage holds for `user` (the token
+   * says who; null: no user to look up). Changes nothing and reports
+   * nothing, so an attempt given up on (a read that never ends) can drop a
+   * late answer. Never rejects.
    */
-  async load (user: string | null): Promise<Since> {
+  async read (user: string | null): Promise<StoredPositions> {
+    if (user === null) return { user, since: null, error: null }
+    try {
+      return { user, since: parse(await this.#storage.getItem(this.#prefix + user)), error: null }
+    } catch (err) {
+      return { user, since: null, error: messageOf(err) }
+    }
+  }
+
+  /**
+   * Step two: the positions to resume from, given what read() found. A null
+   * user (the token says no user) resumes from memory: the client serves
+   * one user.
+   */
+  load ({ user, since, error }: StoredPositions): Since {
+    if (error !== null) this.#onError(`could not read the positions: ${error}`)
     if (user !== null) {
-      let stored: Since | null = null
-      try {
-        stored = parse(await this.#storage.getItem(this.#prefix + user))
-      } catch (err) {
-        this.#onError(`could not read the positions: ${messageOf(err)}`)
-      }
-      const memory = user === this.#user ? this.#pos : {}
+      const same = user === this.#user
+      const memory = same ? this.#pos : {}
       this.#user = user
-      this.#pos = stored ?? memory
+      this.#pos = same && this.#unsaved ? memory : since ?? memory
     }
     return this.positions
   }
@@ -110,6 +136,7 @@ export class PositionBook {
   #persist (): void {
     // Nothing to key it by before the first welcome.
     if (this.#user === null) return
+    this.#unsaved = true
     if (this.#writing) {
       this.#dirty = true
       return
@@ -121,10 +148,16 @@ export class PositionBook {
       this.#onError(`could not store the positions: ${messageOf(err)}`)
       return
     }
-    if (!isThenable(result)) return
+    if (!isThenable(result)) {
+      this.#unsaved = false
+      return
+    }
     // One write at a time, the newest last: async writes may land out of order.
     this.#writing = true
-    result.then(undefined, (err: unknown) => {
+    result.then(() => {
+      // Changes made meanwhile are still to be written.
+      this.#unsaved = this.#dirty
+    }, (err: unknown) => {
       this.#onError(`could not store the positions: ${messageOf(err)}`)
     }).then(() => {
       this.#writing = false

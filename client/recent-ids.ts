@@ -8,6 +8,7 @@ export class RecentIds {
   #next = 0
 
   constructor (capacity: number) {
+    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new RangeError(`RecentIds: capacity must be a whole number of at least 1, not ${capacity}`)
     this.#ring = new Array<string | undefined>(capacity)
   }
 

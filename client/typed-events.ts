@@ -6,7 +6,8 @@ export interface StateChange {
   /**
    * connecting: an attempt is under way; open: welcomed by the server;
    * reconnecting: waiting `retryInMs` before the next attempt; closed:
-   * stopped (close(), or a close code that must not loop); logged-out: 4403.
+   * stopped (close(), or a close code that must not loop); logged-out: 4403,
+   * for good (reconnect() is refused: connect() anew once the user logged in).
    */
   state: ConnectionState
   /** The close code that led here, when a session ended. */
@@ -18,7 +19,9 @@ export interface StateChange {
 export interface ClientError {
   /**
    * token: getToken() failed; socket: the WebSocket could not be created;
-   * timeout: no welcome or no pong in time (the link is dead); closed: the
+   * timeout: getToken() or reading the positions did not finish within
+   * connectTimeoutMs, or no welcome or no pong in time (the link is dead),
+   * and the attempt is retried; closed: the
    * server ended the session with a code that stops the client; server: an
    * `error` frame; protocol: a frame the client cannot read; storage: the
    * positions could not be read or written (the client carries on with

@@ -73,3 +73,16 @@ t.test('recent ids: duplicates are refused, memory is bounded, the oldest id lea
   for (let i = 0; i < 10_000; i++) recent.add(`id-${i}`)
   t.equal(recent.size, 3, 'bounded after many ids')
 })
+
+t.test('the limiter and the id ring refuse sizes that would disable them', async (t) => {
+  for (const max of [0, 0.5, -1, Number.NaN, Infinity]) {
+    t.throws(() => new AttemptLimiter(max, 61_000), { name: 'RangeError', message: /AttemptLimiter: max must be a whole number of at least 1/ }, `max ${max}`)
+    t.throws(() => new RecentIds(max), { name: 'RangeError', message: /RecentIds: capacity must be a whole number of at least 1/ }, `capacity ${max}`)
+  }
+  for (const windowMs of [0, -1, Number.NaN]) {
+    t.throws(() => new AttemptLimiter(5, windowMs), { name: 'RangeError', message: /AttemptLimiter: windowMs must be a positive number/ }, `windowMs ${windowMs}`)
+  }
+  const one = new AttemptLimiter(1, 1000)
+  one.record(0)
+  t.equal(one.waitMs(10), 990, 'one attempt a window: a real wait, never NaN')
+})

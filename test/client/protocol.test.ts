@@ -23,6 +23,7 @@ t.test('close policy: what the client does after each code', async (t) => {
   const expected: Array<[number, string]> = [
     [1000, 'reconnect'], [1001, 'reconnect'], [1006, 'reconnect'], [1011, 'reconnect'], [1013, 'reconnect'],
     [4401, 'reconnect'],
+    [1012, 'reconnect-now'],
     [4403, 'logged-out'],
     [4409, 'replaced'],
     [1002, 'stop'], [1003, 'stop'], [1007, 'stop'], [1008, 'stop'], [1009, 'stop']
@@ -42,6 +43,17 @@ t.test('connect() refuses bad options with a TypeError naming the option', async
   t.throws(() => connect({ ...base, pongTimeoutMs: 0 }), { message: /option pongTimeoutMs/ })
   t.throws(() => connect({ ...base, connectTimeoutMs: 0 }), { message: /option connectTimeoutMs/ })
   t.throws(() => connect({ ...base, dedupeCapacity: 0 }), { message: /option dedupeCapacity/ })
+})
+
+t.test('count options must be whole numbers: a fraction would round down to 0 (no attempt limit, no dedupe memory)', async (t) => {
+  const base = { url: 'ws://127.0.0.1:1/ws', getToken: () => 'x', WebSocket: wsFits }
+  for (const value of [0.5, 2.5, 0, -3, Infinity, Number.NaN]) {
+    t.throws(() => connect({ ...base, maxAttemptsPerMinute: value }), { name: 'TypeError', message: 'connect: option maxAttemptsPerMinute must be a whole number of at least 1' }, `maxAttemptsPerMinute ${value}`)
+    t.throws(() => connect({ ...base, dedupeCapacity: value }), { name: 'TypeError', message: 'connect: option dedupeCapacity must be a whole number of at least 1' }, `dedupeCapacity ${value}`)
+  }
+  const fine = connect({ ...base, maxAttemptsPerMinute: 1, dedupeCapacity: 1 })
+  t.equal(fine.state, 'connecting', '1 is fine')
+  fine.close()
 })
 
 t.test('without a WebSocket option the global one is used, and its absence is a clear error', async (t) => {

@@ -114,7 +114,10 @@ t.test('a new client on the same storage (a page reload) resumes where the last 
   await stranger.reached('open')
   t.same(sinceOf(stranger.urls[0]), {}, 'positions are kept per user')
   t.same(stranger.resumes, [])
-  t.same(stored(storage, other), stranger.client.welcome?.pos)
+  // Not always the welcome's heads: a session without positions may get a
+  // broadcast head read for another session up to 100 ms earlier, and then
+  // what came after it (see Delivery); what is stored follows the client.
+  t.same(stored(storage, other), stranger.client.positions)
 })
 
 t.test('a replay overlapping alerts already shown (stored positions that lag) is dropped by id', async (t) => {
