@@ -6,6 +6,8 @@ import {
 } from './history-store.js'
 
 interface Stream {
+  /** The epoch its positions count in. */
+  epoch: string
   top: number
   lastAt: number
   /** Oldest first; `ts` is when it was appended. */
@@ -17,7 +19,9 @@ const SWEEP_EVERY_MS = 60_000
 
 /**
  * History of a single instance: a ring per stream, in process. One epoch for
- * the life of the process: a restart loses the history, and changes it.
+ * the life of the process: a restart loses the history, and changes it. A
+ * stream swept away after a month without alerts starts again in an epoch of
+ * its own, so positions given out before are never given again.
  * Appending hands the message to `deliver` synchronously, so positions and
  * delivery order agree trivially.
  */
@@ -25,7 +29,8 @@ export class MemoryHistoryStore implements HistoryStore {
   readonly #streams = new Map<string, Stream>()
   readonly #limits: HistoryLimits
   readonly #deliver: (topic: string, message: Buffer) => void
-  readonly #epoch = newEpoch()
+  /** The epoch of streams created from now on: a new one after every sweep that dropped one. */
+  #epoch = newEpoch()
   #sweptAt = Date.now()
 
   constructor (limits: HistoryLimits, deliver: (topic: string, message: Buffer) => void) {
@@ -39,12 +44,12 @@ export class MemoryHistoryStore implements HistoryStore {
     const stream = this.#stream(owner, now)
     const seq = ++stream.top
     stream.lastAt = now
-    const pos = formatPosition(this.#epoch, seq)
+    const pos = formatPosition(stream.epoch, seq)
     const frame = Buffer.from(head + pos + tail)
     stream.entries.push({ seq, frame, ts: now })
     this.#trim(stream, now)
     this.#deliver(owner === null ? ALL_TOPIC : userTopic(owner), historyMessage(pos, frame))
-    return { epoch: this.#epoch, seq, receivers: 0 }
+    return { epoch: stream.epoch, seq, receivers: 0 }
   }
 
   async appendMany (userIds: string[], head: string, tail: string): Promise<AppendResult[]> {
@@ -55,9 +60,9 @@ export class MemoryHistoryStore implements HistoryStore {
     const now = Date.now()
     const stream = this.#stream(owner, now)
     this.#trim(stream, now)
-    const read: StreamRead = { epoch: this.#epoch, top: stream.top, entries: [] }
+    const read: StreamRead = { epoch: stream.epoch, top: stream.top, entries: [] }
     if (from === null) return read
-    const after = from.epoch === this.#epoch ? from.seq : 0
+    const after = from.epoch === stream.epoch ? from.seq : 0
     const { entries } = stream
     // Newest maxEntries after `after` (the ring holds at most that many).
     for (let i = 0; i < entries.length; i++) {
@@ -70,7 +75,7 @@ export class MemoryHistoryStore implements HistoryStore {
     const key = owner === null ? '' : `u${owner}`
     let stream = this.#streams.get(key)
     if (stream === undefined) {
-      stream = { top: 0, lastAt: now, entries: [] }
+      stream = { epoch: this.#epoch, top: 0, lastAt: now, entries: [] }
       this.#streams.set(key, stream)
     }
     return stream
@@ -88,8 +93,13 @@ export class MemoryHistoryStore implements HistoryStore {
   #sweep (now: number): void {
     if (now - this.#sweptAt < SWEEP_EVERY_MS) return
     this.#sweptAt = now
+    let dropped = false
     for (const [key, stream] of this.#streams) {
-      if (now - stream.lastAt > STREAM_META_TTL_MS) this.#streams.delete(key)
+      if (now - stream.lastAt > STREAM_META_TTL_MS) {
+        this.#streams.delete(key)
+        dropped = true
+      }
     }
+    if (dropped) this.#epoch = newEpoch()
   }
 }

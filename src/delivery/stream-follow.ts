@@ -52,6 +52,8 @@ export class StreamFollow {
   readonly #queue: Queued[] = []
   #catching = false
   #again = false
+  /** A catch-up was asked for before any position was known: run it once one is. */
+  #owed = false
   #closed = false
 
   constructor (ringSize: number, owner: StreamOwner, hooks: FollowHooks) {
@@ -85,9 +87,14 @@ export class StreamFollow {
    */
   since (epoch: string, seq: number): HistoryEntry[] | null {
     if (this.epoch === null) {
-      // Nothing went by yet: start from what the session read.
+      // Nothing went by yet: start from what the session read, and read on
+      // from there if the bus was interrupted since that read.
       this.epoch = epoch
       this.seq = seq
+      if (this.#owed) {
+        this.#owed = false
+        this.catchUp()
+      }
       return []
     }
     if (epoch !== this.epoch || this.seq <= seq) return []
@@ -100,7 +107,12 @@ export class StreamFollow {
 
   /** Reads what was missed since the last delivered alert; safe to call at any time. */
   catchUp (): void {
-    if (this.epoch === null || this.#closed) return
+    if (this.#closed) return
+    if (this.epoch === null) {
+      // No position yet to read from: the first one given (since()) is read on from.
+      this.#owed = true
+      return
+    }
     if (this.#catching) {
       this.#again = true
       return
@@ -109,7 +121,12 @@ export class StreamFollow {
     this.#run().catch((err: Error) => {
       // The bus is down again: the next reconnect catches up.
       this.#hooks.log.debug({ err: err.message }, 'catch-up interrupted')
-    }).finally(() => { this.#catching = false })
+    }).finally(() => {
+      this.#catching = false
+      // Asked for while this one was out (the bus came back meanwhile), and
+      // this one failed: still owed.
+      if (this.#again) this.catchUp()
+    })
   }
 
   close (): void {
@@ -186,6 +203,7 @@ export class StreamFollow {
       // First alert seen here: no session read before it, nothing was missed.
       this.epoch = epoch
       this.seq = seq - 1
+      this.#owed = false
     }
     if (epoch !== this.epoch || seq > this.seq + 1) return false
     if (seq === this.seq + 1) {

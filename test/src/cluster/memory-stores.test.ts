@@ -60,7 +60,18 @@ t.test('streams quiet for longer than an epoch is kept are forgotten', async (t)
   t.equal(before.top, 1)
   Date.now = () => realNow() + STREAM_META_TTL_MS + 120_000
   await store.append('bob', '{"pos":"', '"}')
-  t.equal((await store.read('ann', null)).top, 0, 'ann\'s stream was swept: it starts again')
+  const after = await store.read('ann', null)
+  t.equal(after.top, 0, 'ann\'s stream was swept: it starts again')
+  // Regression: it started again in the same epoch, so a resume from a
+  // position given out before the sweep was answered recovered, with the
+  // new alerts under those numbers taken as already seen.
+  t.not(after.epoch, before.epoch, 'in an epoch of its own')
+  const again = await store.append('ann', '{"pos":"', '"}')
+  t.equal(again.epoch, after.epoch)
+  t.equal(again.seq, 1)
+  const resumed = await store.read('ann', { epoch: before.epoch, seq: 1 })
+  t.same(resumed.entries.map((entry) => entry.seq), [1], 'a position of the old epoch reads the new stream from its start')
+  t.equal((await store.read('bob', null)).epoch, after.epoch, 'a stream created after the sweep counts in the new epoch')
 })
 
 t.test('TLS reaches every connection of a Sentinel or Cluster setup', async (t) => {

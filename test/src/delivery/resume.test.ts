@@ -307,6 +307,9 @@ for (const bus of ['memory', 'redis'] as const) {
     const gw = await gateway(t, bus === 'memory' ? undefined : (await RedisServer.start(t)).url, 60_000)
     const seen = await observer(gw)
     t.equal(gw.history.headReads, 1, 'the first session read the head')
+    // On Redis the follow of broadcasts reads on from the first session's
+    // read: the bus connected before any position was known.
+    const base = gw.history.allReadsFrom
     const [a1] = await publishSeen(gw, seen, ['all', 'a1'])
 
     // Within the age limit: the head read before a1 serves this session too.
@@ -329,10 +332,10 @@ for (const bus of ['memory', 'redis'] as const) {
     // well, and each gets the replay, then what went by after the read.
     const [a3] = await publishSeen(gw, seen, ['all', 'a3'])
     const together = await Promise.all([resume(gw, { all: a1 }), resume(gw, { all: a1 })])
-    t.equal(gw.history.allReadsFrom, 1, 'two resumes from a1: one read')
+    t.equal(gw.history.allReadsFrom - base, 1, 'two resumes from a1: one read')
     await publishSeen(gw, seen, ['all', 'a4'])
     const later = await resume(gw, { all: a1 })
-    t.equal(gw.history.allReadsFrom, 1, 'a third one, after a4: the same read')
+    t.equal(gw.history.allReadsFrom - base, 1, 'a third one, after a4: the same read')
     for (const [k, plan] of [...together, later].entries()) {
       const { session: r, frames: got } = session(`resumed-${k}`)
       gw.delivery.attach(r, plan, welcome(`resumed-${k}`))
@@ -342,7 +345,7 @@ for (const bus of ['memory', 'redis'] as const) {
       t.equal((got[0].pos as { all: string }).all, a3, 'its welcome has the position read')
     }
     await resume(gw, { all: a3 })
-    t.equal(gw.history.allReadsFrom, 2, 'another position: a read of its own')
+    t.equal(gw.history.allReadsFrom - base, 2, 'another position: a read of its own')
 
     // Once the follow has moved on by half its ring since the read, a new
     // session reads afresh (past the ring it would be told of a gap).

@@ -176,6 +176,38 @@ t.test('a catch-up after a reconnect reads once from the last delivered; nothing
   t.same(events, ['deliver 3 e3', 'read e:3', 'caught_up', 'read e:3', 'deliver 4 e4', 'caught_up'])
 })
 
+// Regressions: a catch-up asked for while another was out was dropped when
+// that one failed, and one asked for before the follow had a position was
+// dropped outright; what went by meanwhile waited for the stream's next
+// alert, which on a quiet user stream may never come.
+t.test('a catch-up asked for during a read that then fails is run once that one ends', async (t) => {
+  const { follow, events, nextRead, interrupted } = setup(t)
+  live(follow, 'e', 1, 3)
+  const failed = await nextRead()
+  follow.catchUp()
+  failed.reject(new Error('command timed out'))
+  await interrupted(1)
+  const owed = await nextRead()
+  t.same(owed.from, { epoch: 'e', seq: 1 }, 'read again from the last delivered')
+  owed.resolve({ epoch: 'e', top: 3, entries: entries('e', 2, 3) })
+  await waitUntil(() => events.includes('caught_up'), 5000, 'the catch-up')
+  t.same(events.filter((e) => e.startsWith('deliver')), ['deliver 1 e1', 'deliver 2 e2', 'deliver 3 e3'])
+})
+
+t.test('a catch-up asked for before any position is known reads on from the first one given', async (t) => {
+  const { follow, events, nextRead } = setup(t)
+  follow.catchUp()
+  t.same(events, [], 'nothing to read from yet')
+  t.same(follow.since('e', 5), [], 'a session registers with what it read: 5')
+  const read = await nextRead()
+  t.same(read.from, { epoch: 'e', seq: 5 }, 'what went by since its read is read')
+  read.resolve({ epoch: 'e', top: 7, entries: entries('e', 6, 7) })
+  await waitUntil(() => events.includes('caught_up'), 5000, 'the catch-up')
+  t.same(events, ['read e:5', 'deliver 6 e6', 'deliver 7 e7', 'caught_up'])
+  t.same(follow.since('e', 5)?.map((entry) => entry.seq), [6, 7], 'a later session with the same read gets them from the ring')
+  t.equal(events.filter((e) => e.startsWith('read')).length, 1, 'without another read')
+})
+
 t.test('since(): what a registering session missed after its read', async (t) => {
   await t.test('first sight: the follow starts at the session\'s read', async (t) => {
     const { follow, events } = setup(t)
