@@ -3,7 +3,7 @@ import { Redis } from 'ioredis'
 import { MAX_REVOCATION_TTL_SEC } from '../../routes/auth.js'
 import { build, type Built } from '../helpers/build.js'
 import { RedisServer } from '../helpers/redis-server.js'
-import { newUser, nowSec, userToken } from '../helpers/tokens.js'
+import { newUser, nowSec, signJwt, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
 
 // Regressions of POST /auth/logout: a token with a fractional `exp` got 503
@@ -69,4 +69,15 @@ t.test('in memory: a token dated ahead of this clock is revoked by its own logou
   const ahead = userToken(newUser(), { iat: nowSec() + 20 })
   t.equal(await logout(gw, ahead), 204)
   t.equal(await upgrade(gw, ahead), 403)
+})
+
+t.test('in memory: a token without iat logs out up to now, and is refused after', async (t) => {
+  const gw = await build(t)
+  const user = newUser()
+  const token = signJwt({ sub: user, exp: nowSec() + 3600 })
+  const from = nowSec()
+  t.equal(await logout(gw, token), 204)
+  t.equal(await upgrade(gw, token), 403)
+  const before = await gw.app.cluster.revocations.revokedBefore(user) as number
+  t.ok(before >= from && before <= nowSec(), `revoked up to the logout's second: ${before}`)
 })

@@ -114,6 +114,7 @@ t.test('errorHandler: an unexpected 5xx is logged, its message never sent; the o
   app.get('/dependency', async () => { throw new DependencyError() })
   app.get('/own-503', async () => { throw new BusUnavailableError() })
   app.get('/own-401', async () => { throw new TokenInvalidError() })
+  app.get('/odd', async () => { throw Object.assign(new Error('secret-detail'), { statusCode: 599 }) })
   t.teardown(() => app.close())
 
   const thrown = await app.inject('/throws')
@@ -125,6 +126,10 @@ t.test('errorHandler: an unexpected 5xx is logged, its message never sent; the o
   t.notMatch(thrown.body + dependency.body, /secret-detail/, 'no message of theirs is sent')
   t.match(lines.join(''), /secret-detail of an exception/, 'it is logged')
   t.match(lines.join(''), /upstream said: secret-detail/)
+
+  const odd = await app.inject('/odd')
+  t.equal(odd.statusCode, 599)
+  t.same(odd.json(), { statusCode: 599, error: 'Internal Server Error', message: 'Internal Server Error' }, 'a status without a name')
 
   const own = await app.inject('/own-503')
   t.equal(own.statusCode, 503)
