@@ -142,6 +142,8 @@ export class RedisClaimStore implements ClaimStore {
   readonly #instanceId: string
   /** Whose read of the user's stream the claim's step makes; null when history is off. */
   readonly #history: RedisHistoryStore | null
+  /** Releases that failed (Redis unreachable), per user: sent again once it is back. */
+  readonly #unreleased = new Map<string, number>()
 
   constructor (redis: Redis, prefix: string, revocations: RedisRevocationStore, instanceId: string, history: RedisHistoryStore | null) {
     this.#generation = taggedKey(prefix, 'gen')
@@ -156,6 +158,7 @@ export class RedisClaimStore implements ClaimStore {
     this.#redis = redis as Redis & HeldCommands
     this.#instanceId = instanceId
     this.#history = history
+    redis.on('ready', () => { this.#releaseAgain() })
   }
 
   get readsHistory (): boolean {
@@ -179,7 +182,20 @@ export class RedisClaimStore implements ClaimStore {
   }
 
   released (userId: string): void {
-    this.#redis.gwHeldRelease(this.#held(userId), this.#instanceId).catch(() => { /* expires with the key */ })
+    this.#redis.gwHeldRelease(this.#held(userId), this.#instanceId).catch(() => {
+      // Lost, the count would stay (and be added into `delivered`) for as
+      // long as the user connects again within a day. One entry per user
+      // whose claim here was taken: bounded by the sessions this instance held.
+      this.#unreleased.set(userId, (this.#unreleased.get(userId) ?? 0) + 1)
+    })
+  }
+
+  #releaseAgain (): void {
+    const owed = [...this.#unreleased]
+    this.#unreleased.clear()
+    for (const [userId, times] of owed) {
+      for (let i = 0; i < times; i++) this.released(userId)
+    }
   }
 
   async othersHolding (userId: string): Promise<number> {

@@ -66,13 +66,15 @@ export class UserClaims {
    */
   async claim<T> (userId: string, from: Position | null, read: () => Promise<T>): Promise<Claim<T>> {
     await this.#delivery.watch(userId)
-    try {
-      const [{ generation, revokedBefore, user }, value] = await Promise.all([this.#store.claim(userId, from), read()])
-      return { generation, revokedBefore, user, read: value }
-    } catch (err) {
-      this.release(userId)
-      throw err
+    // Both settle before a failure is answered: a claim made is released,
+    // one that failed is not (it holds nothing to give back).
+    const [claimed, value] = await Promise.allSettled([this.#store.claim(userId, from), read()])
+    if (claimed.status === 'fulfilled' && value.status === 'fulfilled') {
+      const { generation, revokedBefore, user } = claimed.value
+      return { generation, revokedBefore, user, read: value.value }
     }
+    this.release(userId, claimed.status === 'fulfilled')
+    throw claimed.status === 'rejected' ? claimed.reason : (value as PromiseRejectedResult).reason
   }
 
   /** After the session of `generation` is registered: close the older ones, everywhere. */
@@ -99,8 +101,9 @@ export class UserClaims {
     return before !== undefined && (iatSec === null || iatSec <= before)
   }
 
-  release (userId: string): void {
-    this.#store.released(userId)
+  /** Gives back a claim of the user (`held`: false when the store's claim itself failed). */
+  release (userId: string, held = true): void {
+    if (held) this.#store.released(userId)
     this.#delivery.unwatch(userId)
     if (this.#delivery.watching(userId)) return
     this.#newest.delete(userId)

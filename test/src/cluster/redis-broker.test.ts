@@ -1,6 +1,7 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import pino from 'pino'
+import { once } from 'node:events'
 import { Writable } from 'node:stream'
 import { RedisClaimStore } from '../../../src/cluster/claim-store.js'
 import { RedisBroker } from '../../../src/cluster/redis-broker.js'
@@ -98,6 +99,32 @@ t.test('claim and revocation stores on Redis', async (t) => {
   t.ok(await a.command.ttl('b:gen:{u2}') > 29 * 24 * 3600, 'the generation lives for a month')
   t.same(await a.command.hgetall('b:held:{u2}'), { '': '4' }, 'each claim counts a connection held by its instance')
   t.ok(await a.command.ttl('b:held:{u2}') > 23 * 3600, 'counts live for a day')
+})
+
+// Regression: a release that failed while Redis was unreachable was dropped,
+// so the instance's count of the user stayed, and was added into the
+// `delivered` of the user's alerts for as long as they connected daily.
+t.test('a release that fails while Redis is unreachable is sent again once it is back', async (t) => {
+  const redis = await RedisServer.start(t)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.quit())
+  const conn = new Redis(redis.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1, lazyConnect: true })
+  t.teardown(() => { conn.disconnect() })
+  await conn.connect()
+  const claims = new RedisClaimStore(conn, 'rel:', new RedisRevocationStore(conn, 'rel:'), 'i1', null)
+  await claims.claim('u', null)
+  await claims.claim('u', null)
+  await claims.claim('v', null)
+  t.same(await admin.hgetall('rel:held:{u}'), { i1: '2' })
+  const ended = once(conn, 'end')
+  conn.disconnect()
+  claims.released('u')
+  claims.released('u')
+  claims.released('v')
+  await ended
+  await conn.connect()
+  await until('the releases sent again', async () => (await admin.exists('rel:held:{u}', 'rel:held:{v}')) === 0)
+  t.pass('both users\' counts are gone')
 })
 
 /** A connected broker 'b' on a Redis of its own, and a connection that watches it. */

@@ -38,15 +38,22 @@ t.test('a failed subscription or generation releases what was taken', async (t) 
 
   const store = new MemoryClaimStore(new MemoryRevocationStore(), null)
   store.claim = async () => { throw new Error('INCR failed') }
+  const released: string[] = []
+  store.released = (userId) => { released.push(userId) }
   const second = claimsWith({ store })
   await t.rejects(second.claims.claim('u', null, async () => {}), /INCR failed/)
   t.notOk(second.delivery.watching('u'), 'the watch is released when the generation fails')
+  t.same(released, [], 'a claim that failed holds nothing: no release is sent for it (it would be sent again after an outage)')
   second.claims.apply('u', { type: 'claim', generation: 5 })
   t.notOk(second.claims.superseded('u', 1), 'and the user is no longer tracked')
 
-  const third = claimsWith()
+  const held = new MemoryClaimStore(new MemoryRevocationStore(), null)
+  const releasedHeld: string[] = []
+  held.released = (userId) => { releasedHeld.push(userId) }
+  const third = claimsWith({ store: held })
   await t.rejects(third.claims.claim('u', null, async () => { throw new Error('history down') }), /history down/)
   t.notOk(third.delivery.watching('u'), 'the watch is released when the read fails')
+  t.same(releasedHeld, ['u'], 'and the claim it made is given back')
 })
 
 t.test('the claim store and the delivery see history both, or neither', async (t) => {
