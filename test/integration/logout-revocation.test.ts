@@ -2,6 +2,7 @@ import t from 'tap'
 import { Redis } from 'ioredis'
 import { MAX_REVOCATION_TTL_SEC } from '../../routes/auth.js'
 import { build, type Built } from '../helpers/build.js'
+import { waitForStatus } from '../helpers/http.js'
 import { RedisServer } from '../helpers/redis-server.js'
 import { newUser, nowSec, signJwt, userToken } from '../helpers/tokens.js'
 import { TestClient } from '../helpers/ws-client.js'
@@ -26,6 +27,8 @@ t.test('logout on Redis', async (t) => {
   t.teardown(() => admin.quit())
   const prefix = 'lo:'
   const gw = await build(t, { env: { REDIS_URL: redis.url, REVOCATION_TTL_SECONDS: '60' }, redisPrefix: prefix })
+  // Its Redis connections are up (commands are refused until then, not queued).
+  await waitForStatus(`${gw.url}/ready`, 200)
 
   t.test('a token with a fractional exp logs out (204), for its whole life', async (t) => {
     const user = newUser()
