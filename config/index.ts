@@ -98,8 +98,10 @@ export class ConfigError extends Error {
 const envCheck = Compile(EnvSchema)
 const HS = ['HS256', 'HS384', 'HS512']
 
-function describe (error: { keyword: string, message: string, params: Record<string, unknown> }): string {
-  if (error.keyword === 'pattern' || error.keyword === 'anyOf') return 'has an invalid value'
+function describe (variable: string, error: { keyword: string, message: string, params: Record<string, unknown> }): string {
+  const choices = (EnvSchema.properties as Record<string, { anyOf?: Array<{ const?: unknown }> }>)[variable].anyOf?.map((option) => option.const)
+  if (choices?.every((choice) => typeof choice === 'string') === true) return `must be one of ${choices.join(', ')}`
+  if (error.keyword === 'pattern') return 'has an invalid value'
   return error.message
 }
 
@@ -134,9 +136,7 @@ function parseEnv (raw: NodeJS.ProcessEnv): Env {
     const [first] = envCheck.Errors(converted)
     const variable = first.instancePath.split('/')[1]
     const got = SECRET_VARIABLES.has(variable) ? '' : ` (got ${JSON.stringify(picked[variable])})`
-    const choices = (EnvSchema.properties as Record<string, { anyOf?: Array<{ const?: unknown }> }>)[variable].anyOf?.map((option) => option.const)
-    const problem = choices?.every((choice) => typeof choice === 'string') === true ? `must be one of ${choices.join(', ')}` : describe(first as never)
-    throw new ConfigError(variable, `${problem}${got}`)
+    throw new ConfigError(variable, `${describe(variable, first as never)}${got}`)
   }
   return converted as Env
 }
@@ -184,11 +184,15 @@ function checkAlgorithms (algorithms: string[], symmetric: boolean): void {
   }
 }
 
-function isHttpUrl (value: string): boolean {
+/** The URL with a host whose credentials decode (what its client will do with them), or null. */
+function parseUrl (value: string): URL | null {
   try {
-    return new URL(value).hostname !== ''
+    const url = new URL(value)
+    decodeURIComponent(url.username)
+    decodeURIComponent(url.password)
+    return url.hostname === '' ? null : url
   } catch {
-    return false
+    return null
   }
 }
 
@@ -219,7 +223,7 @@ function buildJwt (env: Env, cwd: string): JwtConfig {
     return { ...base, key: pem, algorithms }
   }
   if (env.JWT_JWKS_URL !== undefined) {
-    if (!isHttpUrl(env.JWT_JWKS_URL)) throw new ConfigError('JWT_JWKS_URL', `${JSON.stringify(env.JWT_JWKS_URL)} is not an http(s) URL with a host`)
+    if (parseUrl(env.JWT_JWKS_URL) === null) throw new ConfigError('JWT_JWKS_URL', `${JSON.stringify(env.JWT_JWKS_URL)} is not an http(s) URL with a host`)
     const algorithms = requested ?? ['RS256']
     checkAlgorithms(algorithms, false)
     return { ...base, jwksUrl: env.JWT_JWKS_URL, algorithms }
@@ -367,16 +371,8 @@ function parseRedis (env: Env): RedisTarget | null {
  * included. The value is never echoed.
  */
 function checkRedisUrl (value: string): void {
-  let valid: boolean
-  try {
-    const url = new URL(value)
-    decodeURIComponent(url.username)
-    decodeURIComponent(url.password)
-    valid = url.hostname !== '' && url.port !== '0'
-  } catch {
-    valid = false
-  }
-  if (!valid) {
+  const url = parseUrl(value)
+  if (url === null || url.port === '0') {
     throw new ConfigError('REDIS_URL', 'is not a valid URL: redis[s]://[[user]:password@]host[:port][/db], port 1-65535, a # or % in the password percent-encoded')
   }
 }
